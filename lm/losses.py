@@ -1,0 +1,38 @@
+"""Token negative log-likelihood: the one loss shared by training, evaluation and scoring."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def token_nll(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+    """Per-token NLL in nats, ``[B, T]`` (0 where ``targets == ignore_index``).
+
+    Computed in fp32 whatever the logits' dtype: log-softmax over a large vocabulary in bf16
+    loses the small probabilities that perplexity is made of.
+    """
+    B, T, V = logits.shape
+    nll = F.cross_entropy(
+        logits.reshape(B * T, V).float(), targets.reshape(B * T), ignore_index=ignore_index, reduction="none"
+    )
+    return nll.view(B, T)
+
+
+def mean_nll(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean NLL over the non-ignored targets: the training loss."""
+    B, T, V = logits.shape
+    return F.cross_entropy(logits.reshape(B * T, V).float(), targets.reshape(B * T), ignore_index=ignore_index)
+
+
+def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+    """log p(target) per position, ``[B, T]`` (the negative of ``token_nll``)."""
+    return -token_nll(logits, targets)
+
+
+def perplexity(total_nll: float, n_tokens: int) -> float:
+    """exp(mean NLL per token); inf for an empty text rather than a division error."""
+    if n_tokens == 0:
+        return float("inf")
+    return float(torch.tensor(total_nll / n_tokens).exp())

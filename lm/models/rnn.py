@@ -1,0 +1,100 @@
+"""Recurrent language models: embedding -> stacked RNN/GRU/LSTM -> vocabulary (architecture only).
+
+After pytorch/examples' word_language_model: the cell comes from ``torch.nn`` by name, dropout
+sits on the embedding, between layers and on the output (Zaremba et al. 2014), and the output
+matrix can be tied to the embedding (Press & Wolf 2017; Inan et al. 2017), through a linear
+projection when the hidden size differs from the embedding size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lm.config import RNNConfig
+from lm.models.state import RNNState
+
+
+class RNNLM(nn.Module):
+    """``forward(tokens [B, T], state=None) -> (logits [B, T, V], RNNState)``."""
+
+    def __init__(self, cfg: RNNConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.emb_drop = nn.Dropout(cfg.emb_dropout)
+        between = cfg.dropout if cfg.n_layer > 1 else 0.0
+        if cfg.cell == "lstm":
+            self.rnn: nn.RNNBase = nn.LSTM(cfg.n_embd, cfg.n_hidden, cfg.n_layer, dropout=between, batch_first=True)
+        elif cfg.cell == "gru":
+            self.rnn = nn.GRU(cfg.n_embd, cfg.n_hidden, cfg.n_layer, dropout=between, batch_first=True)
+        else:
+            nonlinearity = cfg.cell.removeprefix("rnn_")
+            self.rnn = nn.RNN(cfg.n_embd, cfg.n_hidden, cfg.n_layer, nonlinearity=nonlinearity,
+                              dropout=between, batch_first=True)
+        self.out_drop = nn.Dropout(cfg.dropout)
+        self.proj = nn.Linear(cfg.n_hidden, cfg.n_embd, bias=False) if cfg.tie_weights and cfg.n_hidden != cfg.n_embd else None
+        self.decoder = nn.Linear(cfg.n_embd if self.proj is not None else cfg.n_hidden, cfg.vocab_size)
+        if cfg.tie_weights:
+            self.decoder.weight = self.embedding.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init = 0.1
+        nn.init.uniform_(self.embedding.weight, -init, init)
+        nn.init.zeros_(self.decoder.bias)
+        if not self.config.tie_weights:
+            nn.init.uniform_(self.decoder.weight, -init, init)
+
+    @property
+    def max_context(self) -> None:
+        return None
+
+    def initial_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> RNNState:
+        cfg = self.config
+        ref = self.embedding.weight
+        h = torch.zeros(cfg.n_layer, batch, cfg.n_hidden, device=device or ref.device, dtype=dtype or ref.dtype)
+        return RNNState(h, torch.zeros_like(h) if cfg.cell == "lstm" else None)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        state: RNNState | None = None,
+        *,
+        pad_mask: Tensor | None = None,
+        use_cache: bool = True,  # noqa: ARG002 - the state is always returned (it is tiny)
+    ) -> tuple[Tensor, RNNState]:
+        """Run ``tokens`` after ``state``; ``pad_mask`` ``[B, T]`` marks real tokens (left padding).
+
+        Padded rows are shifted to right padding and packed, so each row's final state is taken
+        after its own last real token and equals running that row alone.
+        """
+        B, T = tokens.shape
+        x = self.emb_drop(self.embedding(tokens))
+        if state is None:
+            state = self.initial_state(B, tokens.device, x.dtype)
+        hx = state.as_tuple()
+        if isinstance(hx, tuple):
+            hx = tuple(h.to(x.dtype) for h in hx)
+        else:
+            hx = hx.to(x.dtype)
+        if pad_mask is None or bool(pad_mask.all()):
+            out, new = self.rnn(x, hx)
+        else:
+            lengths = pad_mask.long().sum(1)
+            if bool((lengths == 0).any()):
+                raise ValueError("every row needs at least one real token")
+            shift = T - lengths  # left pad per row
+            idx = (torch.arange(T, device=tokens.device)[None, :] + shift[:, None]) % T
+            x_right = x.gather(1, idx[:, :, None].expand_as(x))  # real tokens first
+            packed = pack_padded_sequence(x_right, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out_packed, new = self.rnn(packed, hx)
+            out_right, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=T)
+            back = (torch.arange(T, device=tokens.device)[None, :] - shift[:, None]) % T
+            out = out_right.gather(1, back[:, :, None].expand_as(out_right))  # left-padded again
+        new_state = RNNState(*new) if isinstance(new, tuple) else RNNState(new)
+        y = self.out_drop(out)
+        if self.proj is not None:
+            y = self.proj(y)
+        return self.decoder(y), new_state

@@ -1,0 +1,223 @@
+"""Pre-LayerNorm causal Transformer decoder (architecture only).
+
+Initialisation: normal(0, 0.02) everywhere, with the two residual output projections of each
+block scaled by 1/sqrt(2 * n_layer) (GPT-2, Radford et al. 2019): each block adds two terms to
+the residual stream, so this keeps its variance roughly constant in depth.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lm.config import TransformerConfig
+from lm.models.state import KVCache
+
+
+def rope_tables(head_dim: int, length: int, base: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """cos and sin tables ``[length, head_dim // 2]`` for rotary position embeddings (Su et al.)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the two halves of the last dimension of ``x`` ``[B, H, T, D]`` by position."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+        cache: KVCache | None,
+        layer: int,
+        mask: Tensor | None,
+        is_causal: bool,
+    ) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            start = cache.length
+            cache.k[layer, :, :, start : start + T] = k
+            cache.v[layer, :, :, start : start + T] = v
+            k = cache.k[layer, :, :, : start + T]
+            v = cache.v[layer, :, :, : start + T]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, rope, cache, layer: int, mask, is_causal: bool) -> Tensor:  # noqa: ANN001
+        x = x + self.attn(self.ln_1(x), rope, cache, layer, mask, is_causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class TransformerLM(nn.Module):
+    """``forward(tokens [B, T], state=None) -> (logits [B, T, V], KVCache | None)``."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_emb == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        head_dim = cfg.n_embd // cfg.n_head
+        if cfg.pos_emb == "rope":
+            cos, sin = rope_tables(head_dim, cfg.block_size, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = 0.02
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.n_layer))
+            elif p.dim() >= 2:
+                nn.init.normal_(p, 0.0, std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.ones_(p)  # LayerNorm weights
+
+    @property
+    def max_context(self) -> int:
+        return self.config.block_size
+
+    def _rope(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """cos/sin for positions ``pos`` ``[T]`` or ``[B, T]``, shaped to broadcast over heads."""
+        need = int(pos.max()) + 1
+        if need > self.rope_cos.shape[0]:
+            cos, sin = rope_tables(self.rope_cos.shape[1] * 2, need, self.config.rope_base, pos.device)
+            self.rope_cos, self.rope_sin = cos, sin
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        if pos.dim() == 2:  # (B, T, hs/2) -> (B, 1, T, hs/2)
+            return cos.unsqueeze(1), sin.unsqueeze(1)
+        return cos, sin
+
+    def forward(
+        self,
+        tokens: Tensor,
+        state: KVCache | None = None,
+        *,
+        pad_mask: Tensor | None = None,
+        use_cache: bool = True,
+    ) -> tuple[Tensor, KVCache | None]:
+        """Run ``tokens`` after ``state``.
+
+        ``pad_mask`` ``[B, T]`` is True for real tokens (left padding only). With
+        ``use_cache=False`` and no state this is the plain training forward (causal SDPA).
+        """
+        B, T = tokens.shape
+        device = tokens.device
+        if not use_cache and state is None and pad_mask is None:
+            pos = torch.arange(T, device=device)
+            return self._run(tokens, pos, None, None, True), None
+
+        cache = state
+        start = 0 if cache is None else cache.length
+        base = torch.zeros(B, dtype=torch.long, device=device) if cache is None else cache.next_pos
+        if pad_mask is None:
+            pos = base[:, None] + torch.arange(T, device=device)
+            if cache is not None and not cache.padded and bool((base == base[0]).all()):
+                pos = pos[0]
+        else:
+            pos = base[:, None] + (pad_mask.long().cumsum(1) - 1).clamp_min(0)
+        if self.wpe is not None and int(pos.max()) >= self.config.block_size:
+            raise ValueError(
+                f"position {int(pos.max())} is beyond block_size {self.config.block_size}; "
+                "slide the context window (the decoding engine does this)"
+            )
+        if cache is None:
+            cfg = self.config
+            cache = KVCache.empty(cfg.n_layer, B, cfg.n_head, cfg.n_embd // cfg.n_head,
+                                  T + KVCache.GROW, device, self._cache_dtype())
+        else:
+            cache.reserve(T)
+        S = start + T
+        cache.valid[:, start:S] = True if pad_mask is None else pad_mask
+        padded = cache.padded or pad_mask is not None and not bool(pad_mask.all())
+
+        mask: Tensor | None = None
+        is_causal = False
+        if padded:
+            # (T, S) causal with offset, AND key validity; a query always sees itself so rows of
+            # pure padding stay finite (their outputs are never used).
+            q_idx = torch.arange(start, S, device=device)[:, None]
+            k_idx = torch.arange(S, device=device)[None, :]
+            causal = k_idx <= q_idx
+            mask = (causal[None] & cache.valid[:, None, :S]) | (k_idx == q_idx)[None]
+            mask = mask[:, None]  # (B, 1, T, S)
+        elif T > 1:
+            if start == 0:
+                is_causal = True
+            else:
+                q_idx = torch.arange(start, S, device=device)[:, None]
+                mask = torch.arange(S, device=device)[None, :] <= q_idx
+        logits = self._run(tokens, pos, cache, mask, is_causal)
+        cache.length = S
+        cache.padded = padded
+        cache.next_pos = base + (T if pad_mask is None else pad_mask.long().sum(1))
+        return logits, cache
+
+    def _cache_dtype(self) -> torch.dtype:
+        if torch.is_autocast_enabled(self.wte.weight.device.type):
+            return torch.get_autocast_dtype(self.wte.weight.device.type)
+        return self.wte.weight.dtype
+
+    def _run(self, tokens: Tensor, pos: Tensor, cache: KVCache | None, mask: Tensor | None, is_causal: bool) -> Tensor:
+        x = self.wte(tokens)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(pos)
+        else:
+            rope = self._rope(pos)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i, mask, is_causal)
+        return self.lm_head(self.ln_f(x))
