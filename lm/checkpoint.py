@@ -1,0 +1,230 @@
+"""Checkpoints: self-describing directories, written atomically, loaded without running code.
+
+A checkpoint directory holds ``config.json`` (format, version, model, tokenizer and training
+metadata), ``model.safetensors`` (weights only, never a pickle), the tokenizer's own files and,
+for resumable checkpoints, ``trainer_state.pt`` (tensors and plain containers only, loaded with
+``weights_only=True``).
+
+A *run directory* written by the trainer holds several step checkpoints, a ``latest`` pointer
+file replaced atomically after each complete write, and ``best/`` (best validation loss).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from lm.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+from lm.models import build_model
+from tokenizer import Tokenizer, TokenizerError, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lmforge"
+VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TRAINER_STATE_FILE = "trainer_state.pt"
+LATEST_FILE = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, corrupt or inconsistent; the message says which part."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.iterdir():
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers see the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    *,
+    training: dict[str, Any] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically (temporary sibling, fsync, rename).
+
+    ``dtype`` stores the weights in another precision (e.g. ``torch.bfloat16`` to halve the size
+    of a shipped model); loading converts back to the model's dtype.
+    """
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        config: ModelConfig = model.config  # type: ignore[assignment]
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": to_dict(config),
+            "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
+            "training": training or {},
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        to_save = model
+        if dtype is not None:
+            to_save = build_model(config)
+            to_save.load_state_dict(model.state_dict())
+            to_save = to_save.to(dtype)
+        save_model(to_save, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        tokenizer.save(tmp)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+        _fsync_tree(tmp)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike[str], *, prefer_best: bool = True) -> Path:
+    """A checkpoint directory itself, or the one a run directory points at (``best/`` or ``latest``)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint directory")
+    if (p / CONFIG_FILE).is_file():
+        return p
+    if prefer_best and (p / "best" / CONFIG_FILE).is_file():
+        return p / "best"
+    latest = p / LATEST_FILE
+    if latest.is_file():
+        name = latest.read_text(encoding="utf-8").strip()
+        if not name or "/" in name or name.startswith("."):
+            raise CheckpointError(f"{latest}: corrupt pointer {name!r}")
+        if (p / name / CONFIG_FILE).is_file():
+            return p / name
+        raise CheckpointError(f"{latest} points at {name!r}, which is not a complete checkpoint")
+    raise CheckpointError(f"{p}: not a checkpoint (no {CONFIG_FILE}) and not a run directory (no {LATEST_FILE})")
+
+
+def read_config(directory: Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model config and the whole metadata of a checkpoint, validated."""
+    cfg_path = directory / CONFIG_FILE
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{cfg_path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path}: not an lmforge checkpoint config (format must be {FORMAT!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{cfg_path}: unsupported version {meta.get('version')!r} (this lmforge reads {VERSION})")
+    unknown = sorted(set(meta) - {"format", "version", "model", "tokenizer", "training"})
+    if unknown:
+        raise CheckpointError(f"{cfg_path}: unknown field(s) {', '.join(unknown)}")
+    try:
+        config = model_config_from_dict(meta.get("model") or {})
+    except ConfigError as exc:
+        raise CheckpointError(f"{cfg_path}: {exc}") from None
+    return config, meta
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> tuple[nn.Module, Tokenizer, ModelConfig]:
+    """Load ``(model, tokenizer, config)``; the model is in ``eval()`` mode on ``device``.
+
+    The one loader shared by the CLI, the tests and the server. Nothing in the directory is
+    executed: weights come from safetensors, the config from JSON.
+    """
+    directory = resolve_checkpoint_dir(path)
+    config, _ = read_config(directory)
+    try:
+        tok = load_tokenizer(directory)
+    except TokenizerError as exc:
+        raise CheckpointError(f"{directory}: tokenizer: {exc}") from None
+    if tok.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"{directory}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
+        )
+    model = build_model(config)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    try:
+        load_model(model, str(weights), strict=True)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights}: not a valid safetensors file ({exc})") from None
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights}: weights do not match config.json: {exc}") from None
+    device = resolve_device(device)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    model.eval()
+    return model, tok, config
+
+
+def load_trainer_state(directory: Path) -> dict[str, Any]:
+    path = directory / TRAINER_STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (this checkpoint cannot be resumed)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or hostile files
+        raise CheckpointError(f"{path}: cannot be loaded safely ({exc})") from None
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``cuda`` if available, else ``mps``, else ``cpu``; ``auto``/None picks, anything else is used as given."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
