@@ -1,0 +1,105 @@
+"""Streaming, validated reading of UTF-8 corpora.
+
+Training a tokenizer and tokenizing a corpus both read text through ``iter_text_chunks`` so a
+corpus larger than memory works, and so every kind reports bad input the same way: a
+``TokenizerError`` naming the file and, for bad UTF-8, the byte offset of the first bad byte.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from tokenizer.errors import TokenizerError
+
+PathLike = str | os.PathLike[str]
+DEFAULT_CHUNK_BYTES = 1 << 20
+
+
+def iter_text_chunks(path: PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[str]:
+    """Yield the text of a UTF-8 file in pieces of roughly ``chunk_bytes`` bytes.
+
+    Each piece except the last ends with ``"\\n"``: tokens never span a newline (for
+    sentencepiece kinds ``"\\n"`` is a piece of its own), so tokenizing piece by piece gives
+    the same ids as tokenizing the whole file. Only a line longer than ``chunk_bytes`` is cut
+    elsewhere: after its last space within the buffered text, or anywhere if it has none, which
+    keeps memory bounded at about two chunks whatever the input.
+
+    Raises ``TokenizerError`` for a missing or unreadable file and for bytes that are not UTF-8
+    (naming the byte offset of the first bad byte). Empty files yield nothing.
+    """
+    if chunk_bytes <= 0:
+        raise TokenizerError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    name = str(path)
+    handle = open_corpus(path)
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    consumed = 0  # file bytes handed to the decoder so far
+    pending = ""  # decoded text after the last newline, not yet yielded
+    with handle:
+        while True:
+            try:
+                block = handle.read(chunk_bytes)
+            except OSError as exc:
+                raise TokenizerError(f"{name}: cannot read ({exc.strerror})") from None
+            final = not block
+            # Bytes of an incomplete character kept from the previous block start before
+            # this block, so the decoder's error positions are relative to them.
+            held = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(block, final=final)
+            except UnicodeDecodeError as exc:
+                offset = consumed - held + exc.start
+                raise TokenizerError(f"{name}: not valid UTF-8 at byte offset {offset}") from None
+            consumed += len(block)
+            if final:
+                if pending:
+                    yield pending
+                return
+            if pending:
+                text = pending + text
+            cut = text.rfind("\n") + 1
+            if cut == 0 and len(text) >= chunk_bytes:
+                # One very long line: cut after a space (harmless to every kind) if possible.
+                cut = text.rfind(" ") + 1 or len(text)
+            if cut:
+                yield text[:cut]
+            pending = text[cut:]
+
+
+def open_corpus(path: PathLike) -> BinaryIO:
+    """Open ``path`` for binary reading, turning OS errors into a ``TokenizerError``."""
+    name = str(path)
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        raise TokenizerError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise TokenizerError(f"{name}: is a directory, expected a text file") from None
+    except OSError as exc:
+        raise TokenizerError(f"{name}: cannot open ({exc.strerror})") from None
+
+
+def check_inputs(inputs: Sequence[PathLike] | PathLike) -> list[Path]:
+    """Validate a list of training files up front, so a typo in the last of several inputs
+    fails before minutes of reading the first."""
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise TokenizerError("no input files given")
+    for path in paths:
+        if path.is_dir():
+            raise TokenizerError(f"{path}: is a directory, expected a text file")
+        if not path.exists():
+            raise TokenizerError(f"{path}: file not found")
+        if path.stat().st_size == 0:
+            raise TokenizerError(f"{path}: empty file (no text to train on)")
+    return paths
+
+
+def empty_corpus_error(path: PathLike, what: str) -> TokenizerError:
+    """The error for an input that has bytes but nothing a tokenizer can learn from."""
+    return TokenizerError(f"{path}: empty corpus (no {what} to train on)")
