@@ -1,0 +1,157 @@
+"""One JSON error shape for every failure, OpenAI style, so clients parse a single format.
+
+``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}`` for 4xx and 5xx alike,
+including FastAPI's own validation errors (rewritten to name the offending field) and
+Starlette's 404/405 for unknown routes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    """The OpenAI-style ``type`` for a status code."""
+    if status in _TYPES:
+        return _TYPES[status]
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+class APIError(Exception):
+    """An error the client should see as-is: status, message and the field to blame."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.status, exc.message, exc.param, exc.code), status_code=exc.status, headers=exc.headers
+    )
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    """``("body", "stop", 2)`` -> ``"stop[2]"``; the leading ``body``/``query`` is dropped."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    # Union members show up as extra loc entries ("str", "list[str]"); they only confuse the reader.
+    parts = [p for p in parts if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool"}))]
+    if not parts:
+        return None
+    out = str(parts[0])
+    for p in parts[1:]:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:
+    """A one-line message naming the field, the field itself, and an error code."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None, "invalid_request"
+    first = errors[0]
+    kind = str(first.get("type", "invalid"))
+    if kind == "json_invalid":
+        return "request body is not valid JSON", None, "invalid_json"
+    param = _loc_to_param(tuple(first.get("loc", ())))
+    if kind == "extra_forbidden":
+        return f"unknown field {param!r}", param, "unknown_field"
+    if kind == "missing" and param is None:
+        return "request body is required", None, "missing"
+    msg = str(first.get("msg", "invalid value"))
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return (f"{param}: {msg}" if param else msg) + more, param, kind
+
+
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    message, param, code = validation_message(exc)
+    status = 400 if code == "invalid_json" else 422
+    return JSONResponse(error_body(status, message, param, code), status_code=status)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 404:
+        message = f"no route {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return JSONResponse(
+        error_body(exc.status_code, message), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body(500, "internal server error", code="internal_error"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unhandled)
+
+
+def _response(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _response("malformed request (invalid JSON or text encoding)"),
+    401: _response("missing or wrong API key"),
+    404: _response("unknown model"),
+    413: _response("request body too large"),
+    422: _response("invalid field or over a limit; `param` names the field"),
+    429: _response("queue full; retry after Retry-After seconds"),
+    503: _response("not ready (no model loaded, or shutting down)"),
+    504: _response("request timed out"),
+}
+"""The error responses every model route documents (OpenAPI and schema-based fuzzing rely on it)."""

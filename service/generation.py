@@ -1,0 +1,205 @@
+"""From HTTP to the decode scheduler and back: limits, parameters, waiting, cancelling.
+
+Shared by ``/v1/generate``, ``/v1/generate/stream`` and ``/v1/completions`` so the three apply
+the same limits and map the same failures to the same status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from lm.engine import FinishEvent
+from lm.generate import Completion, GenerationParams, ParamError
+from starlette.types import Receive, Scope, Send
+
+from service.errors import APIError, error_body
+from service.registry import ServedModel
+from service.scheduler import Event, GenerationFailed, QueueFull, SchedulerStopped, Submission
+from service.settings import Settings
+
+DISCONNECT_POLL_S = 0.5
+
+
+@dataclass
+class Prompt:
+    """One prompt, encoded once and counted against the limit."""
+
+    text: str
+    ids: list[int]
+
+
+def check_limit(value: int, limit: int, field: str, setting: str) -> None:
+    if value > limit:
+        raise APIError(422, f"{field} is {value}; the limit is {limit} ({setting})", param=field, code="over_limit")
+
+
+def check_decoding_limits(
+    settings: Settings, params: dict[str, Any], *, names: dict[str, str] | None = None
+) -> None:
+    """Service limits on the decoding options; ``names`` renames fields (OpenAI's ``max_tokens``)."""
+    names = names or {}
+    check_limit(params.get("max_new_tokens", 0), settings.max_new_tokens,
+                names.get("max_new_tokens", "max_new_tokens"), "max_new_tokens")
+    if params.get("strategy") == "beam":
+        check_limit(params.get("num_beams", 1), settings.max_num_beams, "num_beams", "max_num_beams")
+    check_limit(params.get("num_return_sequences", 1), settings.max_return_sequences,
+                names.get("num_return_sequences", "num_return_sequences"), "max_return_sequences")
+
+
+def build_params(options: dict[str, Any], *, names: dict[str, str] | None = None) -> GenerationParams:
+    """``GenerationParams`` from request fields; the engine's own checks become 422s."""
+    try:
+        return GenerationParams(**options)
+    except ParamError as exc:
+        field = getattr(exc, "field", None)
+        if field and names:
+            field = names.get(field, field)
+        raise APIError(422, str(exc), param=field, code="invalid_parameter") from None
+
+
+def encode_prompts(served: ServedModel, texts: Sequence[str], settings: Settings, field: str, *, single: bool) -> list[Prompt]:
+    """Encode and check each prompt against ``max_prompt_tokens``; errors name ``field[i]``."""
+    check_limit(len(texts), settings.max_prompts, f"number of {field}", "max_prompts")
+    prompts = []
+    for i, text in enumerate(texts):
+        ids = served.pipeline.encode(text)
+        name = field if single else f"{field}[{i}]"
+        check_limit(len(ids), settings.max_prompt_tokens, f"{name} (tokens)", "max_prompt_tokens")
+        prompts.append(Prompt(text, ids))
+    return prompts
+
+
+def submit(served: ServedModel, prompts: list[Prompt], params: GenerationParams, request_id: str, settings: Settings) -> Submission:
+    """Queue every prompt of the request at once, or refuse the whole request (429/503)."""
+    try:
+        return served.scheduler.submit([(p.ids, params) for p in prompts], request_id)
+    except QueueFull as exc:
+        served.scheduler.metrics.rejected.labels("queue_full").inc()
+        raise APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(settings.retry_after_s)}) from None
+    except SchedulerStopped as exc:
+        raise APIError(503, str(exc), code="not_ready", headers={"Retry-After": str(settings.retry_after_s)}) from None
+
+
+def as_api_error(exc: BaseException, settings: Settings) -> APIError:
+    """What the client sees for a failure raised while its request was decoding."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ParamError):
+        return APIError(422, str(exc), param=getattr(exc, "field", None), code="invalid_parameter")
+    if isinstance(exc, TimeoutError):
+        return APIError(
+            504, f"request did not finish within {settings.request_timeout_s:g} s (request_timeout_s)", code="timeout"
+        )
+    if isinstance(exc, SchedulerStopped):
+        return APIError(503, str(exc), code="not_ready", headers={"Retry-After": str(settings.retry_after_s)})
+    if isinstance(exc, GenerationFailed):
+        return APIError(500, "generation failed", code="internal_error")
+    return APIError(500, "internal server error", code="internal_error")
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the response was ready."""
+
+
+async def _watch_disconnect(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+async def collect(submission: Submission, request: Request, settings: Settings) -> list[list[Completion]]:
+    """Wait for every sequence of a submission; cancel it if the client leaves or time runs out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.request_timeout_s
+    results: list[list[Completion | None]] = [[None] * t.expected for t in submission.tickets]
+
+    async def consume() -> None:
+        async for index, event in submission.events(deadline):
+            if isinstance(event, FinishEvent):
+                results[index][event.index] = event.completion
+
+    consumer = asyncio.ensure_future(consume())
+    watcher = asyncio.ensure_future(_watch_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if consumer not in done:
+            raise ClientGone
+        exc = consumer.exception()
+        if exc is not None:
+            raise as_api_error(exc, settings) from None
+    finally:
+        for task in (consumer, watcher):
+            task.cancel()
+        submission.cancel()
+    return [[c for c in row if c is not None] for row in results]
+
+
+async def events_until_done(
+    submission: Submission, request: Request, settings: Settings
+) -> AsyncIterator[tuple[int, Event]]:
+    """Stream a submission's events; stop (and cancel decoding) when the client disconnects.
+
+    Starlette also cancels a streaming response on disconnect; the explicit check covers ASGI
+    servers that do not, and ``finally`` covers both.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.request_timeout_s
+    next_check = loop.time() + DISCONNECT_POLL_S
+    try:
+        async for item in submission.events(deadline):
+            yield item
+            if loop.time() >= next_check:
+                next_check = loop.time() + DISCONNECT_POLL_S
+                if await request.is_disconnected():
+                    request.state.log["disconnected"] = True
+                    return
+    finally:
+        submission.cancel()
+
+
+class EventStreamResponse(StreamingResponse):
+    """An SSE response that cancels its submission however the response ends.
+
+    The stream's own ``finally`` does not run when the client leaves before the first event
+    (the generator was never started), so the response cancels on its way out too.
+    """
+
+    def __init__(self, content: AsyncIterator[str], submission: Submission) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.submission = submission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.submission.cancel()
+
+
+def sse(data: Any, event: str | None = None) -> str:
+    """One Server-Sent Event (``data`` as JSON unless it is already a string)."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n"
+
+
+def sse_error(exc: BaseException, settings: Settings, event: str | None = "error") -> str:
+    """An error after the 200 headers went out can only be reported in-band."""
+    err = as_api_error(exc, settings)
+    return sse(error_body(err.status, err.message, err.param, err.code), event=event)
+
+
+def token_texts(served: ServedModel, ids: Sequence[int]) -> list[str]:
+    """The text of each token on its own (a partial UTF-8 byte decodes to a replacement)."""
+    tok = served.pipeline.tokenizer
+    return [tok.decode([i]) for i in ids]
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,135 @@
+"""Which models the server holds: discovery, loading, and lookup by name.
+
+A model is a subdirectory of the checkpoints directory that holds ``config.json``; its name is
+the directory name. Names from requests are only ever looked up in the dict of loaded models,
+never joined into a path, so no request can reach outside the checkpoints directory. A
+checkpoint that fails to load is logged and skipped: one bad directory does not take the others
+down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from lm.pipeline import Pipeline
+
+from lm.checkpoint import CONFIG_FILE
+from lm.config import to_dict
+from service.metrics import Metrics
+from service.scheduler import Scheduler
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A loaded pipeline with its decode scheduler and its scoring lane."""
+
+    name: str
+    path: Path
+    pipeline: Pipeline
+    scheduler: Scheduler
+    created: int = field(default_factory=lambda: int(time.time()))
+    score_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
+    score_waiting: int = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return self.pipeline.tokenizer.vocab_size
+
+    def card(self) -> dict[str, Any]:
+        """What ``GET /v1/models`` says about this model (OpenAI shape plus the config)."""
+        config = self.pipeline.config
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "lmforge",
+            "config": to_dict(config),
+            "tokenizer": {"kind": self.pipeline.tokenizer.kind, "vocab_size": self.vocab_size},
+            "device": str(self.pipeline.device),
+            "parameters": sum(p.numel() for p in self.pipeline.model.parameters()),
+            "max_context": config.max_context,
+        }
+
+
+def discover(checkpoints: Path, names: list[str] | None) -> dict[str, Path]:
+    """Map model name -> checkpoint directory.
+
+    ``checkpoints`` may itself be one checkpoint directory. Hidden entries (``.x.tmp-123``, the
+    half-written siblings of an atomic save) are never models.
+    """
+    if not checkpoints.is_dir():
+        log.error("checkpoints directory %s does not exist", checkpoints)
+        return {}
+    if (checkpoints / CONFIG_FILE).is_file():
+        found = {checkpoints.name: checkpoints}
+    else:
+        found = {
+            child.name: child
+            for child in sorted(checkpoints.iterdir())
+            if not child.name.startswith(".") and child.is_dir() and (child / CONFIG_FILE).is_file()
+        }
+    if names is None:
+        return found
+    chosen = {}
+    for name in names:
+        if name in found:
+            chosen[name] = found[name]
+        else:
+            log.error("model %r not found in %s (available: %s)", name, checkpoints, ", ".join(found) or "none")
+    return chosen
+
+
+class ModelRegistry:
+    """The loaded models, keyed by name; starts and stops their schedulers."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, ServedModel] = {}
+        self.failed: dict[str, str] = {}
+
+    def load_all(self) -> None:
+        """Load every discovered checkpoint (blocking: call it from a worker thread)."""
+        for name, path in discover(self.settings.checkpoints, self.settings.models).items():
+            try:
+                pipeline = Pipeline.from_checkpoint(path, device=self.settings.device, name=name)
+            except Exception as exc:  # any bad checkpoint is skipped, whatever the failure
+                log.error("skipping model %r at %s: %s", name, path, exc)
+                self.failed[name] = str(exc)
+                continue
+            self.add(name, path, pipeline)
+        if not self.models:
+            log.error("no model loaded from %s; /ready will report 503", self.settings.checkpoints)
+
+    def add(self, name: str, path: Path, pipeline: Pipeline) -> ServedModel:
+        """Serve an already-built pipeline under ``name`` (also how tests inject models)."""
+        scheduler = Scheduler(
+            name,
+            pipeline.session,
+            max_queue=self.settings.max_queue,
+            max_batch_rows=self.settings.max_batch_rows,
+            metrics=self.metrics,
+        )
+        scheduler.start()
+        served = ServedModel(name=name, path=path, pipeline=pipeline, scheduler=scheduler)
+        self.models[name] = served
+        self.metrics.models_loaded.set(len(self.models))
+        log.info("serving model %r from %s on %s", name, path, pipeline.device)
+        return served
+
+    def stop(self) -> None:
+        for served in self.models.values():
+            served.scheduler.stop()
+        self.metrics.models_loaded.set(0)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and all(m.scheduler.alive for m in self.models.values())

@@ -1,0 +1,253 @@
+"""``POST /v1/completions``: OpenAI's completions API, so existing OpenAI clients work unchanged.
+
+Mapping onto the engine: ``temperature: 0`` decodes greedily (OpenAI's convention), anything
+else samples with ``temperature``/``top_p``/``seed``; ``n`` becomes ``num_return_sequences``
+(greedy sequences are identical, so one is decoded and repeated). ``logprobs: k`` returns the
+chosen token's log-probability; ``top_logprobs`` lists only that token (the engine reports no
+alternatives). ``finish_reason`` is ``stop`` for a stop string or end-of-sequence, else ``length``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from lm.engine import FinishEvent, TokenEvent
+from lm.generate import Completion, GenerationParams
+
+from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
+from service.errors import ERROR_RESPONSES, APIError
+from service.generation import (
+    EventStreamResponse,
+    Prompt,
+    build_params,
+    check_decoding_limits,
+    check_limit,
+    collect,
+    encode_prompts,
+    events_until_done,
+    now,
+    sse,
+    sse_error,
+    submit,
+    token_texts,
+)
+from service.registry import ModelRegistry, ServedModel
+from service.schemas.common import Usage, finite
+from service.schemas.completions import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+)
+from service.settings import Settings
+
+router = APIRouter(tags=["openai"])
+
+OPENAI_NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n"}
+MAX_STOP = 4
+
+
+@dataclass
+class Plan:
+    """A completions request resolved against one model."""
+
+    served: ServedModel
+    prompts: list[Prompt]
+    params: GenerationParams
+    n: int
+    repeat: int
+    """Copies of each decoded sequence (greedy with n > 1 decodes once)."""
+    logprobs: int | None
+    echo: bool
+    prompt_logprobs: list[list[float | None]] = field(default_factory=list)
+
+
+def _prompts(body: CompletionRequest, served: ServedModel, settings: Settings) -> list[Prompt]:
+    p = body.prompt
+    if isinstance(p, str):
+        return encode_prompts(served, [p], settings, "prompt", single=True)
+    if not p:
+        raise APIError(422, "prompt must not be an empty list", param="prompt", code="invalid_prompt")
+    if isinstance(p[0], str):
+        return encode_prompts(served, p, settings, "prompt", single=False)  # type: ignore[arg-type]
+    id_lists = [p] if isinstance(p[0], int) else p
+    check_limit(len(id_lists), settings.max_prompts, "number of prompt", "max_prompts")
+    prompts = []
+    for i, ids in enumerate(id_lists):
+        ids = list(ids)  # type: ignore[arg-type]
+        check_limit(len(ids), settings.max_prompt_tokens, f"prompt[{i}] (tokens)", "max_prompt_tokens")
+        bad = [t for t in ids if not 0 <= t < served.vocab_size]
+        if bad:
+            raise APIError(422, f"prompt[{i}] has token id {bad[0]} outside [0, {served.vocab_size})",
+                           param="prompt", code="invalid_prompt")
+        prompts.append(Prompt(served.pipeline.tokenizer.decode(ids), ids))
+    return prompts
+
+
+def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, settings: Settings) -> Plan:
+    served = resolve_model(registry, body.model, settings)
+    n = body.n or 1
+    if body.best_of is not None and body.best_of != n:
+        raise APIError(422, "best_of is only supported equal to n", param="best_of", code="unsupported")
+    stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+    if len(stop) > MAX_STOP or any(not s for s in stop):
+        raise APIError(422, f"stop takes up to {MAX_STOP} non-empty strings", param="stop", code="invalid_stop")
+    max_tokens = settings.max_new_tokens if body.max_tokens is None else body.max_tokens
+    temperature = 1.0 if body.temperature is None else body.temperature
+    greedy = temperature == 0
+    options: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": tuple(stop)}
+    if greedy:
+        options["strategy"] = "greedy"
+    else:
+        options.update(strategy="sample", temperature=temperature, top_p=1.0 if body.top_p is None else body.top_p,
+                       seed=body.seed, num_return_sequences=n)
+    check_decoding_limits(settings, {**options, "num_return_sequences": n}, names=OPENAI_NAMES)
+    params = build_params(options, names=OPENAI_NAMES)
+    prompts = _prompts(body, served, settings)
+    log = request.state.log
+    log.update(model=served.name, strategy=params.strategy, prompts=len(prompts),
+               prompt_tokens=sum(len(p.ids) for p in prompts))
+    if settings.log_prompts:
+        log["prompt"] = [p.text for p in prompts]
+    return Plan(served, prompts, params, n, n if greedy else 1, body.logprobs, bool(body.echo))
+
+
+def finish_reason(c: Completion) -> str:
+    return "length" if c.finish_reason == "length" else "stop"
+
+
+def logprobs_block(tokens: list[str], lps: list[float | None], start: int, k: int) -> CompletionLogprobs:
+    """OpenAI's logprobs object; ``start`` is the character offset of the first token."""
+    offsets = []
+    for t in tokens:
+        offsets.append(start)
+        start += len(t)
+    top = [({t: lp} if lp is not None else None) for t, lp in zip(tokens, lps, strict=True)] if k > 0 else None
+    return CompletionLogprobs(tokens=tokens, token_logprobs=lps, top_logprobs=top, text_offset=offsets)
+
+
+async def prompt_logprobs(plan: Plan) -> None:
+    """Log-probabilities of the prompt tokens, for ``echo`` with ``logprobs`` (first is null)."""
+    texts = [p.text for p in plan.prompts]
+    served = plan.served
+    async with served.score_limiter:
+        scores = await anyio.to_thread.run_sync(lambda: served.pipeline.score(texts, token_logprobs=True))
+    for p, s in zip(plan.prompts, scores, strict=True):
+        lps = [finite(x) for x in (s.token_logprobs or [])]
+        lps = [None] * max(0, len(p.ids) - len(lps)) + lps[-len(p.ids):] if p.ids else []
+        plan.prompt_logprobs.append(lps)
+
+
+def choice(plan: Plan, prompt_index: int, c: Completion) -> CompletionChoice:
+    prompt = plan.prompts[prompt_index]
+    text = (prompt.text if plan.echo else "") + c.text
+    logprobs = None
+    if plan.logprobs is not None:
+        tokens = token_texts(plan.served, c.token_ids)
+        lps = [finite(x) for x in c.logprobs]
+        if plan.echo:
+            tokens = token_texts(plan.served, prompt.ids) + tokens
+            lps = plan.prompt_logprobs[prompt_index] + lps
+        logprobs = logprobs_block(tokens, lps, 0, plan.logprobs)
+    return CompletionChoice(text=text, index=0, logprobs=logprobs, finish_reason=finish_reason(c))  # type: ignore[arg-type]
+
+
+@router.post(
+    "/v1/completions",
+    response_model=CompletionResponse,
+    responses={
+        200: {
+            "description": "a completion, or with stream: true Server-Sent Events of completion chunks ending with data: [DONE]",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **ERROR_RESPONSES,
+    },
+)
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+) -> Any:
+    """OpenAI-compatible text completions (streaming and not)."""
+    p = plan(body, request, registry, settings)
+    if p.echo and p.logprobs is not None:
+        await prompt_logprobs(p)
+    rid = request_id(request)
+    submission = submit(p.served, p.prompts, p.params, rid, settings)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventStreamResponse(stream(p, submission, request, settings, rid, include_usage), submission)
+    results = await collect(submission, request, settings)
+    choices = []
+    for prompt_index, row in enumerate(results):
+        for c in row:
+            for _ in range(p.repeat):
+                ch = choice(p, prompt_index, c)
+                ch.index = len(choices)
+                choices.append(ch)
+    prompt_tokens = sum(len(x.ids) for x in p.prompts)
+    completion_tokens = sum(len(c.token_ids) for row in results for c in row) * p.repeat
+    request.state.log["completion_tokens"] = completion_tokens
+    return CompletionResponse(
+        id=rid, created=now(), model=p.served.name, choices=choices,
+        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens),
+    )
+
+
+async def stream(p: Plan, submission: Any, request: Request, settings: Settings, rid: str, include_usage: bool
+                 ) -> AsyncIterator[str]:
+    """Completion chunks: the echoed prompt, one chunk per delta, a finish chunk, then [DONE]."""
+    created = now()
+
+    def chunk(index: int, text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None) -> str:
+        body = CompletionResponse(id=rid, created=created, model=p.served.name, choices=[
+            CompletionChoice(text=text, index=index, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
+        return sse(body.model_dump(mode="json", exclude={"usage"}))
+
+    def indexes(prompt_index: int, seq: int) -> range:
+        first = (prompt_index * p.n) + seq * p.repeat
+        return range(first, first + p.repeat)
+
+    offsets: dict[int, int] = {}
+    completion_tokens = 0
+    try:
+        for prompt_index, prompt in enumerate(p.prompts):
+            for k in range(p.n):
+                index = prompt_index * p.n + k
+                offsets[index] = len(prompt.text) if p.echo else 0
+                if p.echo:
+                    lp = None
+                    if p.logprobs is not None:
+                        lp = logprobs_block(token_texts(p.served, prompt.ids), p.prompt_logprobs[prompt_index], 0,
+                                            p.logprobs)
+                    yield chunk(index, prompt.text, logprobs=lp)
+        async for prompt_index, event in events_until_done(submission, request, settings):
+            if isinstance(event, TokenEvent):
+                for index in indexes(prompt_index, event.index):
+                    lp = None
+                    if p.logprobs is not None:
+                        lp = logprobs_block([event.text], [finite(event.logprob)], offsets[index], p.logprobs)
+                    offsets[index] += len(event.text)
+                    yield chunk(index, event.text, logprobs=lp)
+            elif isinstance(event, FinishEvent):
+                completion_tokens += len(event.completion.token_ids) * p.repeat
+                for index in indexes(prompt_index, event.index):
+                    yield chunk(index, "", finish=finish_reason(event.completion))
+        if include_usage:
+            prompt_tokens = sum(len(x.ids) for x in p.prompts)
+            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          total_tokens=prompt_tokens + completion_tokens)
+            body = CompletionResponse(id=rid, created=created, model=p.served.name, choices=[], usage=usage)
+            yield sse(body.model_dump(mode="json"))
+        yield sse("[DONE]")
+    except Exception as exc:
+        request.state.log["error"] = type(exc).__name__
+        yield sse_error(exc, settings, event=None)  # OpenAI clients look for {"error": ...} in data
+    finally:
+        request.state.log["completion_tokens"] = completion_tokens

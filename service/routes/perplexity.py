@@ -1,0 +1,95 @@
+"""``POST /v1/perplexity``: score texts under a model (perplexity, NLL, bits per character)."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter, Request
+
+from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
+from service.errors import ERROR_RESPONSES, APIError
+from service.generation import check_limit, now
+from service.registry import ServedModel
+from service.schemas.common import finite
+from service.schemas.perplexity import (
+    PerplexityRequest,
+    PerplexityResponse,
+    PerplexityResult,
+    PerplexityUsage,
+)
+from service.settings import Settings
+
+router = APIRouter(tags=["scoring"])
+
+
+def _admit(served: ServedModel, settings: Settings) -> None:
+    """Scoring waits in its own lane (one at a time per model); bound how many may wait."""
+    if served.score_waiting >= settings.max_queue:
+        served.scheduler.metrics.rejected.labels("queue_full").inc()
+        raise APIError(
+            429, f"model {served.name!r} already holds {served.score_waiting} scoring request(s); the limit is "
+            f"{settings.max_queue} (max_queue)", code="queue_full", headers={"Retry-After": str(settings.retry_after_s)},
+        )
+
+
+@router.post("/v1/perplexity", response_model=PerplexityResponse, responses=ERROR_RESPONSES)
+async def perplexity(
+    body: PerplexityRequest,
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+) -> PerplexityResponse:
+    """Perplexity, mean NLL, token count and bits per character of each text.
+
+    Texts longer than the model's context are scored with a sliding window (``stride``).
+    Scoring runs on a worker thread so the event loop keeps serving other requests.
+    """
+    if (body.text is None) == (body.texts is None):
+        raise APIError(422, "give exactly one of text or texts", param="text", code="invalid_text")
+    texts = [body.text] if body.text is not None else body.texts or []
+    field = "text" if body.text is not None else "texts"
+    if not texts:
+        raise APIError(422, "texts must not be empty", param="texts", code="invalid_text")
+    check_limit(len(texts), settings.max_prompts, f"number of {field}", "max_prompts")
+    served = resolve_model(registry, body.model, settings)
+    counts = []
+    for i, text in enumerate(texts):
+        n = len(served.pipeline.encode(text))
+        name = field if body.text is not None else f"{field}[{i}]"
+        check_limit(n, settings.max_score_tokens, f"{name} (tokens)", "max_score_tokens")
+        counts.append(n)
+    request.state.log.update(model=served.name, texts=len(texts), prompt_tokens=sum(counts))
+    if settings.log_prompts:
+        request.state.log["prompt"] = texts
+    _admit(served, settings)
+    served.score_waiting += 1
+    try:
+        with anyio.fail_after(settings.request_timeout_s):
+            async with served.score_limiter:
+                scores = await anyio.to_thread.run_sync(
+                    lambda: served.pipeline.score(texts, stride=body.stride, token_logprobs=body.token_logprobs)
+                )
+    except TimeoutError:
+        raise APIError(504, f"scoring did not finish within {settings.request_timeout_s:g} s (request_timeout_s)",
+                       code="timeout") from None
+    except ValueError as exc:  # the scorer refuses an argument (e.g. a stride larger than the context)
+        raise APIError(422, str(exc), param=getattr(exc, "field", None) or "stride", code="invalid_parameter") from None
+    finally:
+        served.score_waiting -= 1
+    served.scheduler.metrics.prompt_tokens.labels(served.name).inc(sum(s.tokens for s in scores))
+    results = [
+        PerplexityResult(
+            index=i,
+            tokens=s.tokens,
+            characters=s.characters,
+            nll=finite(s.nll),
+            perplexity=finite(s.perplexity),
+            bits_per_char=finite(s.bits_per_char),
+            token_logprobs=None if s.token_logprobs is None else [finite(x) for x in s.token_logprobs],
+        )
+        for i, s in enumerate(scores)
+    ]
+    total = sum(s.tokens for s in scores)
+    return PerplexityResponse(
+        id=request_id(request), created=now(), model=served.name, results=results,
+        usage=PerplexityUsage(prompt_tokens=total, total_tokens=total),
+    )

@@ -1,0 +1,308 @@
+"""Continuous batching: one decode thread per model, fed by a thread-safe inbox.
+
+The event loop never runs model code. A request becomes a ``Ticket`` (an ``asyncio.Queue`` the
+worker fills through ``loop.call_soon_threadsafe``); the worker owns the model's
+``DecodeSession`` and, between two decode steps, adds newly arrived requests to the running
+batch and drops cancelled ones. So a request that arrives while others decode starts at the
+next step instead of waiting for the whole batch to finish, and throughput grows with
+concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from lm.engine import DecodeSession, FinishEvent, TokenEvent
+from lm.generate import GenerationParams
+
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Event = TokenEvent | FinishEvent
+
+
+class QueueFull(Exception):
+    """The model already holds ``max_queue`` requests; the client should retry later."""
+
+
+class SchedulerStopped(Exception):
+    """The server is shutting down (or the worker died); the request was not completed."""
+
+
+class GenerationFailed(Exception):
+    """The decode step raised; the message is logged server-side, not sent to the client."""
+
+
+def rows_for(params: GenerationParams) -> int:
+    """Decode-batch rows a request occupies: one per beam, or one per returned sequence."""
+    return params.rows
+
+
+def sequences_for(params: GenerationParams) -> int:
+    """How many ``FinishEvent``s complete a request."""
+    return params.num_return_sequences
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One prompt of a request, as the worker sees it."""
+
+    request_id: str
+    index: int
+    prompt_ids: list[int]
+    params: GenerationParams
+    submission: Submission
+    finished: int = 0
+
+    @property
+    def expected(self) -> int:
+        return sequences_for(self.params)
+
+
+class Submission:
+    """The prompts of one HTTP request in flight, and the queue their events arrive on.
+
+    Only the event loop reads ``queue``; only the worker fills it (``call_soon_threadsafe``).
+    """
+
+    def __init__(self, scheduler: Scheduler, loop: asyncio.AbstractEventLoop) -> None:
+        self.scheduler = scheduler
+        self.loop = loop
+        self.queue: asyncio.Queue[tuple[int, list[Event] | BaseException]] = asyncio.Queue()
+        self.tickets: list[Ticket] = []
+        self._open: set[int] = set()
+
+    async def events(self, deadline: float | None = None) -> AsyncIterator[tuple[int, Event]]:
+        """``(prompt_index, event)`` in arrival order until every sequence has finished.
+
+        Raises ``TimeoutError`` once ``deadline`` (``loop.time()`` clock) passes, or the
+        exception the worker delivered for a prompt (the request then fails as a whole).
+        """
+        remaining = {t.index: t.expected for t in self.tickets}
+        while any(remaining.values()):
+            timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
+            index, item = await asyncio.wait_for(self.queue.get(), timeout)
+            if isinstance(item, BaseException):
+                self._open.discard(index)
+                raise item
+            for event in item:
+                if isinstance(event, FinishEvent):
+                    remaining[index] -= 1
+                    if not remaining[index]:
+                        self._open.discard(index)
+                yield index, event
+
+    def cancel(self) -> None:
+        """Stop decoding whatever is unfinished (client gone, timeout, error). Idempotent."""
+        for ticket in self.tickets:
+            if ticket.index in self._open:
+                self._open.discard(ticket.index)
+                self.scheduler.cancel(ticket.request_id)
+
+
+@dataclass
+class _Cancel:
+    request_id: str
+
+
+_STOP = object()
+
+
+class Scheduler:
+    """Owns one model's ``DecodeSession`` on a dedicated thread.
+
+    ``max_queue`` bounds the requests held at once (decoding plus waiting for rows), so memory
+    and latency stay bounded and overload turns into 429s instead of timeouts.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        session_factory: Callable[[int], DecodeSession],
+        *,
+        max_queue: int,
+        max_batch_rows: int,
+        metrics: Metrics,
+    ) -> None:
+        self.name = name
+        self._session_factory = session_factory
+        self.max_queue = max_queue
+        self.max_batch_rows = max_batch_rows
+        self.metrics = metrics
+        self._inbox: queue.SimpleQueue[Ticket | _Cancel | object] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- event-loop side -------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
+    def depth(self) -> int:
+        return self._inflight
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"decode-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the current step, fail what is left with ``SchedulerStopped`` and join."""
+        self._stopping = True
+        self._inbox.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, requests: list[tuple[list[int], GenerationParams]], request_id: str) -> Submission:
+        """Queue all of a request's prompts, or none of them (``QueueFull``, ``SchedulerStopped``)."""
+        if not self.alive:
+            raise SchedulerStopped(f"model {self.name!r} is not running")
+        with self._lock:
+            if self._inflight + len(requests) > self.max_queue:
+                raise QueueFull(
+                    f"model {self.name!r} already holds {self._inflight} request(s); the limit is "
+                    f"{self.max_queue} (max_queue)"
+                )
+            self._inflight += len(requests)
+            self.metrics.queue_depth.labels(self.name).set(self._inflight)
+        submission = Submission(self, asyncio.get_running_loop())
+        for i, (ids, params) in enumerate(requests):
+            ticket = Ticket(f"{request_id}/{i}/{next(self._ids)}", i, ids, params, submission)
+            submission.tickets.append(ticket)
+            submission._open.add(i)
+        for ticket in submission.tickets:
+            self._inbox.put(ticket)
+        return submission
+
+    def cancel(self, request_id: str) -> None:
+        self._inbox.put(_Cancel(request_id))
+
+    # -- worker side -----------------------------------------------------------------------
+
+    def _release(self, n: int = 1) -> None:
+        with self._lock:
+            self._inflight -= n
+            self.metrics.queue_depth.labels(self.name).set(self._inflight)
+
+    @staticmethod
+    def _deliver(ticket: Ticket, item: list[Event] | BaseException) -> None:
+        sub = ticket.submission
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            sub.loop.call_soon_threadsafe(sub.queue.put_nowait, (ticket.index, item))
+
+    def _run(self) -> None:
+        session = self._session_factory(self.max_batch_rows)
+        pending: deque[Ticket] = deque()
+        active: dict[str, Ticket] = {}
+        stop = False
+        while not stop:
+            commands: list[object] = []
+            if not active and not pending:
+                commands.append(self._inbox.get())  # idle: sleep until there is work
+            while True:
+                try:
+                    commands.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for command in commands:
+                if command is _STOP:
+                    stop = True
+                elif isinstance(command, Ticket):
+                    pending.append(command)
+                elif isinstance(command, _Cancel):
+                    self._cancel(session, command.request_id, pending, active)
+            if stop:
+                break
+            self._admit(session, pending, active)
+            if active:
+                session = self._step(session, active)
+        stopped = SchedulerStopped("the server is shutting down")
+        for ticket in [*pending, *active.values()]:
+            self._deliver(ticket, stopped)
+        self._release(len(pending) + len(active))
+        self.metrics.batch_rows.labels(self.name).set(0)
+
+    def _cancel(self, session: DecodeSession, request_id: str, pending: deque[Ticket], active: dict[str, Ticket]) -> None:
+        if request_id in active:
+            del active[request_id]
+            session.cancel(request_id)
+            self._release()
+            return
+        for ticket in pending:
+            if ticket.request_id == request_id:
+                pending.remove(ticket)
+                self._release()
+                return
+
+    def _admit(self, session: DecodeSession, pending: deque[Ticket], active: dict[str, Ticket]) -> None:
+        """Move waiting requests into the batch while rows are free (always at least one)."""
+        rows = session.rows
+        while pending:
+            need = rows_for(pending[0].params)
+            if active and rows + need > self.max_batch_rows:
+                break
+            ticket = pending.popleft()
+            try:
+                session.add(ticket.request_id, ticket.prompt_ids, ticket.params)
+            except Exception as exc:  # a request the engine refuses fails alone
+                log.warning("model %s refused request %s: %s", self.name, ticket.request_id, exc)
+                self._deliver(ticket, exc)
+                self._release()
+                continue
+            active[ticket.request_id] = ticket
+            rows += need
+            self.metrics.prompt_tokens.labels(self.name).inc(len(ticket.prompt_ids))
+
+    def _step(self, session: DecodeSession, active: dict[str, Ticket]) -> DecodeSession:
+        """One decode step for the whole batch; route each event to its request."""
+        start = time.perf_counter()
+        self.metrics.batch_size.labels(self.name).observe(len(active))
+        self.metrics.batch_rows.labels(self.name).set(session.rows)
+        try:
+            events = session.step()
+        except Exception:
+            log.exception("decode step failed on model %s; failing %d request(s)", self.name, len(active))
+            failure = GenerationFailed("generation failed")
+            for ticket in active.values():
+                self._deliver(ticket, failure)
+            self._release(len(active))
+            active.clear()
+            return self._session_factory(self.max_batch_rows)
+        self.metrics.step_seconds.labels(self.name).observe(time.perf_counter() - start)
+        by_request: dict[str, list[Event]] = {}
+        tokens = 0
+        for event in events:
+            ticket = active.get(event.request_id)
+            if ticket is None:  # cancelled after this step began
+                continue
+            by_request.setdefault(event.request_id, []).append(event)
+            if isinstance(event, TokenEvent):
+                tokens += 1
+            else:
+                if ticket.params.strategy == "beam":
+                    tokens += len(event.completion.token_ids)
+                ticket.finished += 1
+        for request_id, batch in by_request.items():
+            ticket = active[request_id]
+            self._deliver(ticket, batch)
+            if ticket.finished >= ticket.expected:
+                del active[request_id]
+                self._release()
+        if tokens:
+            self.metrics.tokens_generated.labels(self.name).inc(tokens)
+        self.metrics.batch_rows.labels(self.name).set(session.rows)
+        return session

@@ -1,0 +1,1 @@
+"""Request and response bodies, one module per resource; they are the OpenAPI schema."""

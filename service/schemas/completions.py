@@ -1,0 +1,74 @@
+"""Bodies of ``POST /v1/completions``: the subset of OpenAI's legacy completions API we honour.
+
+Parameters OpenAI defines but this server cannot honour are accepted only at their neutral
+value (e.g. ``presence_penalty: 0``) so a client that sends defaults works and one that relies
+on them gets a clear 422 instead of silently different behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from service.schemas.common import INT32, INT63, ModelName, RequestBody, Usage
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class StreamOptions(RequestBody):
+    include_usage: bool = Field(False, description="send a last chunk with usage before [DONE]")
+
+
+class CompletionRequest(RequestBody):
+    model: ModelName
+    prompt: Prompt = Field(description="a string, a list of strings, or token ids (a list, or a list of lists)")
+    max_tokens: int | None = Field(16, ge=0, le=INT32, description="tokens to generate (null: the server's limit)")
+    temperature: float | None = Field(1.0, ge=0, le=2, description="0 decodes greedily")
+    top_p: float | None = Field(1.0, ge=0, le=1)
+    n: int | None = Field(1, ge=1, le=INT32, description="completions per prompt")
+    best_of: int | None = Field(None, ge=1, le=INT32, description="only n (or null) is supported")
+    stop: str | list[str] | None = Field(None, description="up to 4 stop strings")
+    seed: int | None = Field(None, ge=0, le=INT63)
+    logprobs: int | None = Field(None, ge=0, le=5, description="return log-probabilities of the chosen tokens")
+    echo: bool | None = Field(False, description="prepend the prompt to the completion")
+    stream: bool | None = Field(False, description="Server-Sent Events, ending with data: [DONE]")
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(0.0, ge=0, le=0, description="only 0 is supported")
+    frequency_penalty: float | None = Field(0.0, ge=0, le=0, description="only 0 is supported")
+    user: str | None = Field(None, max_length=256, description="ignored")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {"model": "shakespeare-char", "prompt": "ROMEO:", "max_tokens": 32, "temperature": 0},
+                {"model": "shakespeare-char", "prompt": ["ROMEO:", "JULIET:"], "max_tokens": 16, "n": 2, "seed": 7},
+            ]
+        }
+    }
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class CompletionResponse(BaseModel):
+    """Also the shape of each streamed chunk (with ``finish_reason`` null until the end)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None

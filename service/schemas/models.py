@@ -1,0 +1,33 @@
+"""Bodies of ``GET /v1/models``, ``/health`` and ``/ready``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    config: dict[str, Any] = Field(description="the checkpoint's model config")
+    tokenizer: dict[str, Any]
+    device: str
+    parameters: int
+    max_context: int | None = Field(description="longest context (null: recurrent, unbounded)")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    models: list[str]

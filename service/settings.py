@@ -1,0 +1,63 @@
+"""Server settings: every knob and every limit in one validated object.
+
+Values come from ``LMFORGE_*`` environment variables and from ``lmforge serve`` flags (flags
+win). Routes reach the settings through the ``get_settings`` dependency so tests can hand the
+app a ``Settings`` of their own or override the dependency.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import Request
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+"""The repository's ``checkpoints/`` directory: what ``lmforge serve`` serves by default."""
+
+
+class Settings(BaseSettings):
+    """Configuration of one server process. Limits are per request unless said otherwise."""
+
+    model_config = SettingsConfigDict(env_prefix="LMFORGE_", extra="forbid", frozen=True)
+
+    checkpoints: Path = Field(
+        SHIPPED_CHECKPOINTS,
+        description="directory whose subdirectories holding config.json are served (or one checkpoint directory)",
+    )
+    models: list[str] | None = Field(
+        None, description="serve only these model names (subdirectory names); default: all"
+    )
+    device: str = Field("auto", description="torch device; auto = cuda, else mps, else cpu")
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to bind")
+    api_key: SecretStr | None = Field(
+        None, description="bearer token every route but /health and the docs requires (env only)"
+    )
+    log_prompts: bool = Field(False, description="include prompt text in the per-request log line")
+
+    max_prompt_tokens: int = Field(1024, ge=1, description="tokens in one prompt")
+    max_new_tokens: int = Field(512, ge=1, description="tokens generated per sequence")
+    max_num_beams: int = Field(8, ge=1, description="beam width")
+    max_return_sequences: int = Field(8, ge=1, description="sequences returned per prompt (n)")
+    max_prompts: int = Field(16, ge=1, description="prompts (or texts to score) per request")
+    max_score_tokens: int = Field(16384, ge=1, description="tokens in one text to score")
+    max_body_bytes: int = Field(262_144, ge=1024, description="request body size")
+    max_queue: int = Field(64, ge=1, description="requests accepted per model at once (decoding or waiting)")
+    max_batch_rows: int = Field(32, ge=1, description="rows of the running decode batch per model")
+    request_timeout_s: float = Field(120.0, gt=0, description="seconds before a request is abandoned (504)")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        """Accept ``LMFORGE_MODELS=a,b`` as well as a JSON list."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings; a dependency so tests can override it."""
+    return request.app.state.settings
