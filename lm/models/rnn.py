@@ -75,10 +75,7 @@ class RNNLM(nn.Module):
         if state is None:
             state = self.initial_state(B, tokens.device, x.dtype)
         hx = state.as_tuple()
-        if isinstance(hx, tuple):
-            hx = tuple(h.to(x.dtype) for h in hx)
-        else:
-            hx = hx.to(x.dtype)
+        hx = tuple(h.to(x.dtype) for h in hx) if isinstance(hx, tuple) else hx.to(x.dtype)
         if pad_mask is None or bool(pad_mask.all()):
             out, new = self.rnn(x, hx)
         else:

@@ -1,8 +1,9 @@
 """Decoding state shared by both model families.
 
 Every model returns ``(logits, state)``. The decoding engine only ever calls ``select`` (keep,
-reorder or duplicate batch rows: beam search, finished rows) and ``concat`` (join the states of
-separately-prefilled prompts: batching), so it never asks which architecture it drives.
+reorder or duplicate batch rows: beam search, finished rows), ``concat`` (join the states of
+separately-prefilled prompts: batching) and ``compact`` (drop slots no row uses any more), so it
+never asks which architecture it drives.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class RNNState:
             torch.cat([s.h for s in states], dim=1),
             None if states[0].c is None else torch.cat([s.c for s in states], dim=1),  # type: ignore[misc]
         )
+
+    def compact(self) -> RNNState:
+        """Nothing to drop: a recurrent state has no per-position slots."""
+        return self
 
     def as_tuple(self) -> Tensor | tuple[Tensor, Tensor]:
         return self.h if self.c is None else (self.h, self.c)
@@ -102,6 +107,20 @@ class KVCache:
             self.next_pos.index_select(0, index),
             self.length,
         )
+
+    def compact(self) -> KVCache:
+        """Drop the leading slots no row uses (left by rows that finished, or by padding rows
+        that joined a longer batch), so attention spans only live slots.
+
+        A view, not a copy: the next ``reserve`` or ``select`` copies only what is kept. Without
+        this a batch that rows keep joining and leaving would grow its slot count forever.
+        """
+        used = self.valid[:, : self.length].any(0)
+        first = int(used.long().argmax()) if bool(used.any()) else self.length
+        if first == 0:
+            return self
+        return KVCache(self.k[:, :, :, first:], self.v[:, :, :, first:], self.valid[:, first:],
+                       self.next_pos, self.length - first)
 
     @staticmethod
     def concat(caches: list[KVCache]) -> KVCache:

@@ -61,9 +61,14 @@ class CausalSelfAttention(nn.Module):
             cache.v[layer, :, :, start : start + T] = v
             k = cache.k[layer, :, :, : start + T]
             v = cache.v[layer, :, :, : start + T]
+        dtype = v.dtype
+        if q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+            # CPU's low-precision SDPA kernels are slower than fp32 at these sizes (measured with
+            # bench/train.py), and fp32 keeps the softmax accurate; the matmuls stay in bf16.
+            q, k, v = q.float().contiguous(), k.float().contiguous(), v.float().contiguous()
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
-        )
+        ).to(dtype)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

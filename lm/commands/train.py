@@ -1,0 +1,57 @@
+"""``lmforge train``: train a model from a TOML config, or resume a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from lm.config import ConfigError, apply_overrides, load_run_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a language model from a TOML config",
+        description="Train a model. Tables [data], [tokenizer], [model], [train]; see configs/ for examples.",
+    )
+    p.add_argument("--config", help="TOML run config (e.g. configs/shakespeare-char.toml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run exactly where it stopped (model, optimizer, schedule, RNG, data position)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lm.train import TrainingError, load_run_dir_config, train
+
+    if args.resume:
+        overrides = apply_overrides({}, args.overrides)
+        config = load_run_dir_config(args.resume, overrides)
+        if config.train.out_dir != args.resume:
+            from dataclasses import replace
+
+            config = replace(config, train=replace(config.train, out_dir=args.resume))
+    elif args.config:
+        config = load_run_config(args.config, args.overrides)
+    else:
+        raise ConfigError("give --config FILE to start a run or --resume RUN_DIR to continue one")
+    try:
+        result = train(config, resume=bool(args.resume))
+    except TrainingError as exc:
+        print(f"lmforge train: error: {exc}", file=sys.stderr)
+        return 1
+    if result.interrupted:
+        print(f"interrupted by {result.interrupted} at step {result.steps}; checkpoint saved. "
+              f"Continue with: lmforge train --resume {result.run_dir}")
+        return 130
+    line = (f"done: {result.steps} steps, {result.tokens_seen:,} tokens, {result.elapsed:.0f} s; "
+            f"best val loss {result.best_val_loss:.4f} (ppl {math.exp(min(result.best_val_loss, 50)):.2f})")
+    if result.test_loss is not None:
+        line += f"; test loss {result.test_loss:.4f} (ppl {math.exp(result.test_loss):.2f})"
+    if result.skipped_steps:
+        line += f"; {result.skipped_steps} steps skipped (non-finite)"
+    print(line)
+    print(f"run directory: {result.run_dir} (best weights in {result.run_dir}/best)")
+    return 0

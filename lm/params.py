@@ -1,0 +1,130 @@
+"""What a generation request asks for (``GenerationParams``) and what it gets (``Completion``).
+
+One flat, validated parameter object with OpenAI-style names (after vLLM's ``SamplingParams``):
+every range is checked when the object is built, and a bad value raises ``ParamError`` naming
+the field, what is allowed and what was given, so the CLI and the HTTP service can pass the
+message straight to the user. ``lm.generate`` re-exports these names; they live here so the
+engine and ``generate()`` can both import them without a cycle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+STRATEGIES = ("greedy", "sample", "beam")
+FINISH_REASONS = ("length", "stop", "eos")
+
+
+class ParamError(ValueError):
+    """An invalid generation parameter; ``field`` names it (the service maps this to a 4xx)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamError(name, f"{name} must be an integer >= {low}, got {value!r}")
+    if value < low:
+        raise ParamError(name, f"{name} must be >= {low}, got {value}")
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ParamError(name, f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationParams:
+    """How to continue a prompt.
+
+    ``greedy`` takes the most likely token; ``sample`` draws from the distribution shaped by
+    ``temperature`` (0 means greedy), ``top_k``, ``top_p`` and ``min_p``; ``beam`` keeps
+    ``num_beams`` hypotheses ranked by log-probability / length ** ``length_penalty``.
+    ``repetition_penalty`` and ``no_repeat_ngram_size`` apply to every strategy. ``seed`` makes a
+    sampled request reproducible whatever else is decoded with it. Generation ends at
+    ``max_new_tokens``, at ``<eos>`` (if ``stop_at_eos``) or when the text contains one of
+    ``stop`` (which is cut off and not returned).
+    """
+
+    strategy: str = "greedy"
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    num_beams: int = 4
+    length_penalty: float = 1.0
+    early_stopping: bool = True
+    num_return_sequences: int = 1
+    no_repeat_ngram_size: int = 0
+    stop: tuple[str, ...] = ()
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ParamError("strategy", f"strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
+        _int("max_new_tokens", self.max_new_tokens, 0)
+        if _number("temperature", self.temperature) < 0:
+            raise ParamError("temperature", f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        _int("top_k", self.top_k, 0)
+        if not 0 < _number("top_p", self.top_p) <= 1:
+            raise ParamError("top_p", f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= _number("min_p", self.min_p) < 1:
+            raise ParamError("min_p", f"min_p must be in [0, 1), got {self.min_p}")
+        if _number("repetition_penalty", self.repetition_penalty) <= 0:
+            raise ParamError("repetition_penalty", f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ParamError("seed", f"seed must be an integer or None, got {self.seed!r}")
+        _int("num_beams", self.num_beams, 1)
+        _number("length_penalty", self.length_penalty)
+        if not isinstance(self.early_stopping, bool):
+            raise ParamError("early_stopping", f"early_stopping must be true or false, got {self.early_stopping!r}")
+        _int("num_return_sequences", self.num_return_sequences, 1)
+        if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
+            raise ParamError(
+                "num_return_sequences",
+                f"num_return_sequences must be <= num_beams ({self.num_beams}) for beam search, "
+                f"got {self.num_return_sequences}",
+            )
+        _int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, tuple | list) or not all(isinstance(s, str) and s for s in stop):
+            raise ParamError("stop", f"stop must be a list of non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))  # accept a str or a list, store a tuple
+        if not isinstance(self.stop_at_eos, bool):
+            raise ParamError("stop_at_eos", f"stop_at_eos must be true or false, got {self.stop_at_eos!r}")
+
+    @property
+    def rows(self) -> int:
+        """Batch rows this request occupies while it decodes."""
+        return self.num_beams if self.strategy == "beam" else self.num_return_sequences
+
+    @property
+    def samples(self) -> bool:
+        """Whether tokens are drawn at random (``sample`` with a positive temperature)."""
+        return self.strategy == "sample" and self.temperature > 0
+
+
+@dataclass
+class Completion:
+    """One generated continuation.
+
+    ``token_ids`` and ``logprobs`` include the token that ended generation (``<eos>``, or the
+    tokens that completed a stop string) although ``text`` does not, as in vLLM and OpenAI:
+    ``cumulative_logprob == sum(logprobs)``. Log-probabilities are under the model's
+    distribution after ``repetition_penalty``/``no_repeat_ngram_size`` and before the sampling
+    shapers (temperature, top-k, top-p, min-p), so strategies report comparable numbers.
+    """
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    cumulative_logprob: float
+    finish_reason: str
+    prompt_tokens: int

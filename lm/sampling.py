@@ -1,0 +1,164 @@
+"""Logits transforms: small pure functions ``logits [B, V] -> logits [B, V]``, and the draw.
+
+Each request in a batch brings its own settings, so parameters are per-row tensors ``[B, 1]``
+and one call transforms the whole batch. ``RowSampler`` applies them in this order (the order
+of HF's logits processors):
+
+1. constraints, which change what the model's distribution *is* for this request, so reported
+   log-probabilities and beam scores include them: ``repetition_penalty``, then banned tokens
+   (``banned_ngram_tokens`` -> ``ban``);
+2. shapers, which only change how a token is drawn: ``temperature``, ``top_k``, ``top_p``,
+   ``min_p``;
+3. ``draw``: inverse-CDF sampling with one uniform number per row, so each request's
+   randomness comes from its own generator and does not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lm.params import GenerationParams
+
+NEG_INF = float("-inf")
+
+
+def repetition_penalty(logits: Tensor, seen: Tensor, penalty: Tensor) -> Tensor:
+    """Make tokens already in the sequence (``seen`` ``[B, V]`` bool) less likely (CTRL,
+    Keskar et al. 2019): positive logits are divided by ``penalty``, negative ones multiplied,
+    so the penalty always lowers them."""
+    scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, scaled, logits)
+
+
+def banned_ngram_tokens(tokens: Sequence[int], n: int) -> list[int]:
+    """Tokens that would complete an ``n``-gram already present in ``tokens``
+    (``no_repeat_ngram_size``, Paulus et al. 2017)."""
+    if n <= 0 or len(tokens) < n:
+        return []
+    if n == 1:
+        return list(set(tokens))
+    prefix = list(tokens[len(tokens) - n + 1 :])
+    first = prefix[0]
+    return [
+        tokens[i + n - 1]
+        for i in range(len(tokens) - n + 1)
+        if tokens[i] == first and list(tokens[i : i + n - 1]) == prefix
+    ]
+
+
+def ban(logits: Tensor, rows: Sequence[int], tokens: Sequence[int]) -> Tensor:
+    """Set ``logits[rows[j], tokens[j]]`` to -inf (a copy; the input is left alone)."""
+    if not rows:
+        return logits
+    out = logits.clone()
+    out[torch.tensor(rows, device=logits.device), torch.tensor(tokens, device=logits.device)] = NEG_INF
+    return out
+
+
+def temperature(logits: Tensor, t: Tensor) -> Tensor:
+    """Sharpen (t < 1) or flatten (t > 1) the distribution; ``t`` ``[B, 1]`` is > 0."""
+    return logits / t
+
+
+def top_k(logits: Tensor, k: Tensor) -> Tensor:
+    """Keep each row's ``k`` most likely tokens (``k`` ``[B]``; 0 or >= V keeps all)."""
+    V = logits.shape[-1]
+    active = (k > 0) & (k < V)
+    if not bool(active.any()):
+        return logits
+    k = torch.where(active, k, 1)
+    kth = logits.topk(int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])  # [B, 1]
+    kth = kth.masked_fill(~active[:, None], NEG_INF)
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def top_p(logits: Tensor, p: Tensor) -> Tensor:
+    """Nucleus sampling (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
+    probability reaches ``p`` ``[B, 1]``; rows with p == 1 are left alone."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    before = probs.cumsum(-1) - probs  # mass of the more likely tokens
+    drop_sorted = (before >= p) & (p < 1)  # the most likely token always stays (before == 0)
+    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def min_p(logits: Tensor, m: Tensor) -> Tensor:
+    """Drop tokens less likely than ``m`` ``[B, 1]`` times the most likely one (Nguyen et al.
+    2024); in log space, so no softmax: logit < max + log(m). m == 0 keeps all."""
+    floor = logits.max(dim=-1, keepdim=True).values + m.log()
+    return logits.masked_fill(logits < floor, NEG_INF)
+
+
+def draw(logits: Tensor, uniforms: Tensor) -> Tensor:
+    """One token per row by inverse CDF: the first token whose cumulative probability exceeds
+    ``u * total`` for ``uniforms`` ``[B]`` in [0, 1). Tokens of probability 0 are never drawn."""
+    cdf = logits.float().softmax(-1).cumsum(-1)  # [B, V]
+    total = cdf[:, -1:]
+    # Keep the target strictly below the total, so some token's cdf exceeds it whatever the rounding.
+    target = torch.minimum(uniforms[:, None].to(cdf.dtype) * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(1)
+
+
+class RowSampler:
+    """The transforms for one batch composition: per-row parameter tensors built once when
+    rows join or leave, not per step, and flags that skip transforms no row uses."""
+
+    def __init__(self, params: Sequence[GenerationParams], device: torch.device) -> None:
+        def col(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+
+        self.sampled = [p.samples for p in params]
+        self.any_sampled = any(self.sampled)
+        self.penalty = col([p.repetition_penalty for p in params])
+        self.any_penalty = any(p.repetition_penalty != 1.0 for p in params)
+        self.ngram = [p.no_repeat_ngram_size for p in params]
+        self.any_ngram = any(self.ngram)
+        if self.any_sampled:
+            # Greedy rows in a mixed batch get neutral settings; their draw is replaced by argmax.
+            self.is_sampled = torch.tensor(self.sampled, device=device)
+            self.temperature = col([p.temperature if s else 1.0 for p, s in zip(params, self.sampled, strict=True)])
+            self.any_temperature = any(p.temperature != 1.0 for p, s in zip(params, self.sampled, strict=True) if s)
+            self.top_k = torch.tensor([p.top_k if s else 0 for p, s in zip(params, self.sampled, strict=True)],
+                                      dtype=torch.long, device=device)
+            self.any_top_k = bool(self.top_k.any())
+            self.top_p = col([p.top_p if s else 1.0 for p, s in zip(params, self.sampled, strict=True)])
+            self.any_top_p = any(p.top_p < 1.0 for p, s in zip(params, self.sampled, strict=True) if s)
+            self.min_p = col([p.min_p if s else 0.0 for p, s in zip(params, self.sampled, strict=True)])
+            self.any_min_p = any(p.min_p > 0.0 for p, s in zip(params, self.sampled, strict=True) if s)
+
+    def constrain(self, logits: Tensor, seen: Tensor | None, histories: Sequence[Sequence[int]]) -> Tensor:
+        """Apply the constraints (repetition penalty, no-repeat n-grams) to float logits."""
+        if self.any_penalty and seen is not None:
+            logits = repetition_penalty(logits, seen, self.penalty)
+        if self.any_ngram:
+            rows: list[int] = []
+            tokens: list[int] = []
+            for i, (n, history) in enumerate(zip(self.ngram, histories, strict=True)):
+                banned = banned_ngram_tokens(history, n)
+                rows += [i] * len(banned)
+                tokens += banned
+            logits = ban(logits, rows, tokens)
+        return logits
+
+    def choose(self, logits: Tensor, uniforms: Tensor | None) -> Tensor:
+        """Next token per row from constrained logits: argmax for greedy rows, a draw for
+        sampled rows (``uniforms`` ``[B]``, one per row, needed when any row samples)."""
+        best = logits.argmax(-1)
+        if not self.any_sampled:
+            return best
+        shaped = logits
+        if self.any_temperature:
+            shaped = temperature(shaped, self.temperature)
+        if self.any_top_k:
+            shaped = top_k(shaped, self.top_k)
+        if self.any_top_p:
+            shaped = top_p(shaped, self.top_p)
+        if self.any_min_p:
+            shaped = min_p(shaped, self.min_p)
+        if uniforms is None:
+            raise ValueError("sampled rows need one uniform number per row")
+        return torch.where(self.is_sampled, draw(shaped, uniforms), best)

@@ -1,0 +1,572 @@
+"""The trainer: teacher forcing over a token stream, evaluation, checkpoints, exact resume.
+
+The run directory (``train.out_dir``) holds ``run_config.json`` (the resolved configuration),
+``tokenizer/``, ``data/`` (cached token files), ``step-NNNNNNNN/`` resumable checkpoints with a
+``latest`` pointer (replaced atomically after each complete write), ``best/`` (best validation
+loss, weights only), ``metrics.jsonl`` and ``loss.png``.
+
+Exact resume: batches are a pure function of the step (``lm.data``), and the checkpoint carries
+the optimizer, scaler, RNG and carried recurrent state, so on CPU a resumed run's losses equal
+an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lm.checkpoint import (
+    LATEST_FILE,
+    CheckpointError,
+    load_trainer_state,
+    resolve_device,
+    save_checkpoint,
+    write_text_atomic,
+)
+from lm.config import RunConfig, TrainConfig, run_config_from_dict, to_dict
+from lm.data import RandomBatches, SequentialBatches, eval_batches, resolve_corpus, tokenize_to_file
+from lm.distributed import DistInfo, init_distributed
+from lm.losses import mean_nll, token_nll
+from lm.models import RNNLM, RNNState, build_model
+from lm.optim import build_optimizer, scheduled_lr
+from tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG_FILE = "run_config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the step."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    tokens_seen: int
+    elapsed: float
+    best_val_loss: float
+    last_val_loss: float
+    test_loss: float | None = None
+    skipped_steps: int = 0
+    interrupted: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the hardware has fast bf16 (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
+    if precision != "auto":
+        if precision == "fp16" and device.type != "cuda":
+            raise TrainingError("train.precision fp16 needs CUDA; use bf16 or fp32 on this device")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def prepare_tokenizer(run: RunConfig, run_dir: Path, train_files: list[Path]) -> Tokenizer:
+    tok_dir = run_dir / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file():
+        return load_tokenizer(tok_dir)
+    cfg = run.tokenizer
+    if cfg.path:
+        tok = load_tokenizer(cfg.path)
+    else:
+        options: dict[str, Any] = {}
+        if cfg.kind == "word":
+            options = {"min_freq": cfg.min_freq, "eos_at_newline": cfg.eos_at_newline}
+        elif cfg.kind == "char":
+            options = {"unk_policy": cfg.unk_policy}
+        tok = train_tokenizer(cfg.kind, [str(f) for f in train_files], cfg.vocab_size or None, **options)
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(tok_dir)
+    return load_tokenizer(tok_dir)
+
+
+class Trainer:
+    """One training run; ``fit()`` trains until max_steps, max_time, patience or a signal."""
+
+    def __init__(self, run: RunConfig, *, resume: bool = False) -> None:
+        self.run = run
+        self.cfg: TrainConfig = run.train
+        self.run_dir = Path(self.cfg.out_dir)
+        self.device = resolve_device(self.cfg.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        if self.cfg.batch_size % (self.cfg.grad_accum * self.dist.world_size):
+            raise TrainingError(
+                f"train.batch_size ({self.cfg.batch_size}) must be divisible by grad_accum x world size "
+                f"({self.cfg.grad_accum} x {self.dist.world_size})"
+            )
+        self.precision = resolve_precision(self.cfg.precision, self.device)
+        self.resume = resume
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / RUN_CONFIG_FILE).write_text(json.dumps(_run_to_dict(run), indent=2) + "\n")
+        self._barrier()
+
+        files = resolve_corpus(run.data)
+        if self.dist.is_main:
+            self.tokenizer = prepare_tokenizer(run, self.run_dir, files.train)
+        self._barrier()
+        if not self.dist.is_main:
+            self.tokenizer = load_tokenizer(self.run_dir / "tokenizer")
+        cache = Path(run.data.cache_dir) if run.data.cache_dir else self.run_dir / "data"
+        tok_dir = self.run_dir / "tokenizer"
+        if self.dist.is_main:
+            train_tokens = tokenize_to_file(files.train, self.tokenizer, tok_dir, cache)
+            for split in (files.valid, files.test):
+                if split:
+                    tokenize_to_file(split, self.tokenizer, tok_dir, cache)
+        self._barrier()
+        train_tokens = tokenize_to_file(files.train, self.tokenizer, tok_dir, cache)
+        if files.valid:
+            self.valid_tokens = tokenize_to_file(files.valid, self.tokenizer, tok_dir, cache)
+        else:
+            cut = int(len(train_tokens) * (1 - run.data.valid_fraction))
+            train_tokens, self.valid_tokens = train_tokens[:cut], train_tokens[cut:]
+        self.test_tokens = tokenize_to_file(files.test, self.tokenizer, tok_dir, cache) if files.test else None
+        self.train_tokens = train_tokens
+
+        torch.manual_seed(self.cfg.seed)
+        self.model_config = run.model_config(self.tokenizer.vocab_size)
+        self.model = build_model(self.model_config).to(self.device)
+        self.is_rnn = isinstance(self.model, RNNLM)
+        batching = run.data.batching
+        if batching == "auto":
+            batching = "sequential" if self.is_rnn else "random"
+        self.sequential = batching == "sequential"
+        seq_len = self.cfg.seq_len
+        max_ctx = self.model_config.max_context
+        if max_ctx is not None and seq_len > max_ctx:
+            raise TrainingError(f"train.seq_len ({seq_len}) exceeds the model's block_size ({max_ctx})")
+        Batches = SequentialBatches if self.sequential else RandomBatches
+        self.batches = Batches(self.train_tokens, self.cfg.batch_size, seq_len, self.cfg.seed,
+                               rank=self.dist.rank, world_size=self.dist.world_size)
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.train_model: nn.Module = self.model
+        if self.dist.enabled:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if self.cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+
+        self.step = 0
+        self.elapsed = 0.0
+        self.tokens_seen = 0
+        self.best_val = math.inf
+        self.last_val = math.inf
+        self.evals_since_best = 0
+        self.plateau_scale = 1.0
+        self.skipped = 0
+        self.rnn_state: RNNState | None = None
+        if resume:
+            self._load_resume_state()
+
+    # ----------------------------------------------------------------------------- helpers
+    def _barrier(self) -> None:
+        if self.dist.enabled:
+            dist.barrier()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_context(self.precision, self.device)
+
+    def _progress(self) -> float:
+        p = self.step / self.cfg.max_steps
+        if self.cfg.max_time:
+            p = max(p, self.elapsed / self.cfg.max_time)
+        return p
+
+    def _finished(self) -> bool:
+        return self.step >= self.cfg.max_steps or bool(self.cfg.max_time and self.elapsed >= self.cfg.max_time)
+
+    # ----------------------------------------------------------------------------- one step
+    def train_step(self) -> float | None:
+        """One optimizer step over the global batch; returns the mean loss (None if skipped)."""
+        cfg = self.cfg
+        lr = scheduled_lr(cfg, self.step, self._progress(), self.plateau_scale)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.train_model.train()
+        x, y, reset = self.batches.batch(self.step)
+        if reset or not self.sequential:
+            self.rnn_state = None
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        rows = x.shape[0]
+        micro = rows // cfg.grad_accum
+        new_states: list[RNNState] = []
+        total = torch.zeros((), device=self.device)
+        for m in range(cfg.grad_accum):
+            sl = slice(m * micro, (m + 1) * micro)
+            state = None
+            if self.rnn_state is not None:
+                state = self.rnn_state.select(torch.arange(sl.start, sl.stop, device=self.device))
+            sync = m == cfg.grad_accum - 1 or not self.dist.enabled
+            ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()  # type: ignore[operator]
+            with ctx:
+                with self._autocast():
+                    logits, new_state = self.train_model(x[sl], state, use_cache=False)
+                loss = mean_nll(logits, y[sl]) / cfg.grad_accum
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+            if self.sequential and isinstance(new_state, RNNState):
+                new_states.append(new_state.detach())
+        if new_states:
+            self.rnn_state = RNNState.concat(new_states)
+        if self.dist.enabled:
+            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        loss_value = float(total)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        bad = not math.isfinite(loss_value) or not bool(torch.isfinite(grad_norm))
+        if bad and self.precision != "fp16":
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            if cfg.on_nan == "stop":
+                raise TrainingError(
+                    f"non-finite {what} at step {self.step + 1} (loss={loss_value}); stopped without saving. "
+                    "Lower train.lr, raise train.grad_clip, or set train.on_nan='skip'"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self.rnn_state = None
+            self.step += 1
+            log.warning("skipped step %d: non-finite %s (%d skipped so far)", self.step, what, self.skipped)
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += cfg.batch_size * x.shape[1]
+        self.last_lr = lr
+        return loss_value
+
+    # ----------------------------------------------------------------------------- evaluation
+    @torch.inference_mode()
+    def evaluate(self, tokens: np.ndarray, max_batches: int = 0) -> float:
+        """Mean NLL per token over ``tokens`` (state carried for RNNs)."""
+        self.model.eval()
+        batches = eval_batches(tokens, min(self.cfg.batch_size, 32), self.cfg.seq_len)
+        n = batches.steps_per_epoch if not max_batches else min(max_batches, batches.steps_per_epoch)
+        total, count, state = 0.0, 0, None
+        for i in range(n):
+            x, y, _ = batches.batch(i)
+            x, y = x.to(self.device), y.to(self.device)
+            with self._autocast():
+                logits, state = self.model(x, state if self.is_rnn else None, use_cache=False)
+            total += float(token_nll(logits, y).sum())
+            count += y.numel()
+        return total / max(count, 1)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _training_meta(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "elapsed_s": round(self.elapsed, 2),
+            "best_val_loss": self.best_val,
+            "val_loss": self.last_val,
+            "precision": self.precision,
+            "run": _run_to_dict(self.run),
+        }
+
+    def _gathered_rnn_state(self) -> dict[str, torch.Tensor] | None:
+        if self.rnn_state is None:
+            return None
+        state = self.rnn_state
+        if self.dist.enabled:
+            parts_h = [torch.empty_like(state.h) for _ in range(self.dist.world_size)]
+            dist.all_gather(parts_h, state.h.contiguous())
+            h = torch.cat(parts_h, dim=1)
+            c = None
+            if state.c is not None:
+                parts_c = [torch.empty_like(state.c) for _ in range(self.dist.world_size)]
+                dist.all_gather(parts_c, state.c.contiguous())
+                c = torch.cat(parts_c, dim=1)
+            state = RNNState(h, c)
+        out = {"h": state.h.float().cpu()}
+        if state.c is not None:
+            out["c"] = state.c.float().cpu()
+        return out
+
+    def save(self) -> Path | None:
+        """Write a resumable checkpoint, repoint ``latest``, and drop older step checkpoints."""
+        rnn = self._gathered_rnn_state()
+        if not self.dist.is_main:
+            return None
+        trainer_state: dict[str, Any] = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "elapsed": self.elapsed,
+            "best_val": self.best_val,
+            "last_val": self.last_val,
+            "evals_since_best": self.evals_since_best,
+            "plateau_scale": self.plateau_scale,
+            "skipped": self.skipped,
+            "world_size": self.dist.world_size,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            trainer_state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if rnn is not None:
+            trainer_state["rnn_state"] = rnn
+        name = f"step-{self.step:08d}"
+        path = save_checkpoint(self.run_dir / name, self.model, self.tokenizer,
+                               training=self._training_meta(), trainer_state=trainer_state)
+        write_text_atomic(self.run_dir / LATEST_FILE, name + "\n")
+        for old in self.run_dir.glob("step-*"):
+            if old.name != name and old.is_dir():
+                import shutil
+
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def _load_resume_state(self) -> None:
+        latest = self.run_dir / LATEST_FILE
+        if not latest.is_file():
+            raise CheckpointError(f"{self.run_dir}: nothing to resume (no {LATEST_FILE} pointer)")
+        directory = self.run_dir / latest.read_text().strip()
+        from safetensors.torch import load_model
+
+        load_model(self.model, str(directory / "model.safetensors"), strict=True)
+        st = load_trainer_state(directory)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scaler.load_state_dict(st["scaler"])
+        torch.set_rng_state(st["rng_torch"])
+        if "rng_cuda" in st and self.device.type == "cuda":
+            torch.cuda.set_rng_state(st["rng_cuda"], self.device)
+        self.step = int(st["step"])
+        self.tokens_seen = int(st["tokens_seen"])
+        self.elapsed = float(st["elapsed"])
+        self.best_val = float(st["best_val"])
+        self.last_val = float(st["last_val"])
+        self.evals_since_best = int(st["evals_since_best"])
+        self.plateau_scale = float(st["plateau_scale"])
+        self.skipped = int(st["skipped"])
+        if "rnn_state" in st:
+            per = self.cfg.batch_size // self.dist.world_size
+            rows = torch.arange(self.dist.rank * per, (self.dist.rank + 1) * per)
+            h = st["rnn_state"]["h"]
+            c = st["rnn_state"].get("c")
+            self.rnn_state = RNNState(h.to(self.device), None if c is None else c.to(self.device)).select(rows.to(self.device))
+        log.info("resumed %s at step %d", directory, self.step)
+
+    # ----------------------------------------------------------------------------- metrics
+    def _open_metrics(self):  # noqa: ANN202
+        path = self.run_dir / METRICS_FILE
+        if self.resume and path.is_file():  # drop records past the resumed step
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            path.write_text("".join(k + "\n" for k in kept))
+        elif not self.resume and path.exists():
+            path.unlink()
+        return open(path, "a", encoding="utf-8")
+
+    # ----------------------------------------------------------------------------- the loop
+    def fit(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        main = self.dist.is_main
+        metrics = self._open_metrics() if main else None
+        history: list[dict[str, Any]] = []
+
+        def record(rec: dict[str, Any]) -> None:
+            history.append(rec)
+            if metrics is not None:
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (main and cfg.progress),
+                   dynamic_ncols=True, desc="train")
+        interrupted: str | None = None
+        window_tokens, window_start = 0, time.perf_counter()
+        losses: list[float] = []
+        try:
+            with _StopFlag() as stop:
+                while not self._finished():
+                    t0 = time.perf_counter()
+                    loss = self.train_step()
+                    self.elapsed += time.perf_counter() - t0
+                    bar.update(1)
+                    if loss is not None:
+                        losses.append(loss)
+                        window_tokens += cfg.batch_size * cfg.seq_len
+                    if self.step % cfg.log_every == 0 and losses:
+                        now = time.perf_counter()
+                        tps = window_tokens / max(now - window_start, 1e-9)
+                        mean = sum(losses) / len(losses)
+                        record({"step": self.step, "loss": round(mean, 5), "lr": self.last_lr,
+                                "tokens_per_s": round(tps, 1), "elapsed_s": round(self.elapsed, 2)})
+                        bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}",
+                                        lr=f"{self.last_lr:.2e}", tok_s=f"{tps:,.0f}")
+                        losses, window_tokens, window_start = [], 0, now
+                    stop_now = self._sync_stop(stop.signum)
+                    done = self._finished()
+                    if self.step % cfg.eval_every == 0 or done or stop_now:
+                        if not stop_now or done:
+                            if self._eval_and_track(record):
+                                log.info("early stopping at step %d (patience %d)", self.step, cfg.patience)
+                                done = True
+                        if cfg.save_every == 0 or done or stop_now:
+                            self.save()
+                    elif cfg.save_every and self.step % cfg.save_every == 0:
+                        self.save()
+                    if stop_now:
+                        interrupted = signal.Signals(stop.signum or signal.SIGTERM).name
+                        break
+                    if done:
+                        break
+        finally:
+            bar.close()
+        test_loss = None
+        if interrupted is None and self.test_tokens is not None and main:
+            best_dir = self.run_dir / "best"
+            if best_dir.is_dir():
+                from safetensors.torch import load_model
+
+                load_model(self.model, str(best_dir / "model.safetensors"), strict=True)
+            test_loss = self.evaluate(self.test_tokens)
+            record({"step": self.step, "test_loss": round(test_loss, 5), "test_ppl": round(math.exp(test_loss), 3)})
+        if metrics is not None:
+            metrics.close()
+            if interrupted is None:
+                write_loss_plot(self.run_dir)
+        return TrainResult(self.run_dir, self.step, self.tokens_seen, self.elapsed, self.best_val, self.last_val,
+                           test_loss, self.skipped, interrupted, history)
+
+    def _sync_stop(self, signum: int | None) -> bool:
+        flag = signum is not None
+        if self.dist.enabled:
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def _eval_and_track(self, record) -> bool:  # noqa: ANN001
+        """Evaluate, keep the best weights, adjust the plateau lr; True means stop early."""
+        t0 = time.perf_counter()
+        val = self.evaluate(self.valid_tokens, self.cfg.eval_batches)
+        self.last_val = val
+        improved = val < self.best_val
+        if improved:
+            self.best_val = val
+            self.evals_since_best = 0
+            if self.dist.is_main:
+                save_checkpoint(self.run_dir / "best", self.model, self.tokenizer, training=self._training_meta())
+        else:
+            self.evals_since_best += 1
+            if self.cfg.schedule == "plateau" and self.step >= self.cfg.warmup_steps:
+                self.plateau_scale /= self.cfg.plateau_factor
+        record({"step": self.step, "val_loss": round(val, 5), "val_ppl": round(math.exp(min(val, 50)), 3),
+                "best_val_loss": round(self.best_val, 5), "eval_s": round(time.perf_counter() - t0, 2)})
+        log.info("step %d: val loss %.4f (ppl %.2f)%s", self.step, val, math.exp(min(val, 50)), " *" if improved else "")
+        return bool(self.cfg.patience and self.evals_since_best >= self.cfg.patience)
+
+
+def _run_to_dict(run: RunConfig) -> dict[str, Any]:
+    return {"data": to_dict(run.data), "tokenizer": to_dict(run.tokenizer), "model": dict(run.model),
+            "train": to_dict(run.train)}
+
+
+def load_run_dir_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The configuration a run directory was started with (for ``--resume``)."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no {RUN_CONFIG_FILE})")
+    data = json.loads(path.read_text())
+    for table, values in (overrides or {}).items():
+        data.setdefault(table, {}).update(values)
+    return run_config_from_dict(data)
+
+
+def write_loss_plot(run_dir: Path) -> Path | None:
+    """Plot training and validation loss from ``metrics.jsonl`` to ``loss.png``."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, val = [], []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            train.append((rec["step"], rec["loss"]))
+        if "val_loss" in rec:
+            val.append((rec["step"], rec["val_loss"]))
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), label="validation", marker="o", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def train(run: RunConfig, *, resume: bool = False) -> TrainResult:
+    """Train (or resume) the run that ``run`` describes."""
+    return Trainer(run, resume=resume).fit()
