@@ -378,6 +378,21 @@ def test_word_options(tmp_path: Path) -> None:
     assert flat.decode(flat.encode("HELLO\nagain\n")) == "HELLO again"
 
 
+@pytest.mark.parametrize("name", ALL_KINDS)
+def test_lone_surrogates_do_not_crash(trained: dict[str, Tokenizer], name: str) -> None:
+    """Not Unicode text, but a str can hold them: they come back as U+FFFD, never an error."""
+    tok = trained[name]
+    decoded = tok.decode(tok.encode("the \ud800 of"))
+    assert "\ufffd" in decoded or "<unk>" in decoded
+
+
+def test_decode_accepts_any_int_sequence(trained: dict[str, Tokenizer]) -> None:
+    np = pytest.importorskip("numpy")
+    for tok in trained.values():
+        ids = tok.encode("the of\n")
+        assert tok.decode(np.array(ids)) == tok.decode(tuple(ids)) == tok.decode(ids)
+
+
 def test_decode_rejects_out_of_range_ids(trained: dict[str, Tokenizer]) -> None:
     for tok in trained.values():
         with pytest.raises(TokenizerError, match="out of range"):

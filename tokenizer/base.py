@@ -32,7 +32,9 @@ class Tokenizer(ABC):
 
     ``encode`` adds no ``<bos>``/``<eos>`` of its own: framing a sequence is the caller's job
     (the data pipeline and the decoders know whether they want it). ``decode`` drops
-    ``<pad>``/``<bos>`` (and ``<eos>`` where it does not stand for a newline).
+    ``<pad>``/``<bos>`` and ``<eos>`` (except a word tokenizer's ``<eos>`` that stands for a line
+    end, which becomes ``"\\n"``); ``<unk>`` decodes to U+FFFD (char), ``"<unk>"`` (word) or
+    sentencepiece's ``" ⁇ "`` -- with byte fallback, char, bpe and unigram never produce it.
     """
 
     kind: str

@@ -57,10 +57,11 @@ SPACE_MARKER = "\u2581"
 class SentencePieceTokenizer(Tokenizer):
     """A sentencepiece model behind the ``Tokenizer`` interface.
 
-    ``encode`` hands whole lines to sentencepiece's C++ batch encoder: BPE encoding time grows
-    faster than linearly with the length of one input, so a megabyte chunk encoded line by line
-    is several times faster, and since no piece spans ``"\\n"`` the ids are identical to
-    encoding the text in one call.
+    ``encode`` returns exactly sentencepiece's own ids (U+2581 aside). For ``bpe`` it hands the
+    lines to sentencepiece's C++ batch encoder: BPE encoding time grows faster than linearly with
+    the length of one input, so a megabyte chunk encoded line by line is about four times faster,
+    and since no piece spans ``"\\n"`` the ids are the same. ``unigram`` (linear Viterbi) is
+    fastest on the whole text, so it gets one direct call.
     """
 
     def __init__(self, model_proto: bytes, kind: str) -> None:
@@ -87,7 +88,8 @@ class SentencePieceTokenizer(Tokenizer):
         self._sp = processor
         self._vocab_size = processor.get_piece_size()
         newline = processor.piece_to_id("\n")
-        self._newline_id = newline if newline != UNK_ID and not processor.is_byte(newline) else None
+        has_newline = newline != UNK_ID and not processor.is_byte(newline)
+        self._newline_id = newline if has_newline and kind == "bpe" else None
         marker_bytes = [processor.piece_to_id(f"<0x{b:02X}>") for b in SPACE_MARKER.encode()]
         self._marker_ids = marker_bytes if all(processor.is_byte(i) for i in marker_bytes) else None
 
@@ -101,12 +103,20 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp
 
     def encode(self, text: str) -> list[int]:
-        if self._marker_ids is not None and SPACE_MARKER in text:
-            return self._encode_with_markers(text)
-        return self._encode_lines(text)
+        try:
+            if self._marker_ids is not None and SPACE_MARKER in text:
+                return self._encode_with_markers(text)
+            return self._encode_lines(text)
+        except RuntimeError:
+            # The binding cannot pass lone surrogates (str that is not Unicode text, e.g. from
+            # ``errors="surrogateescape"``) to C++; encode them as U+FFFD like a decoder would.
+            clean = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+            if clean == text:
+                raise
+            return self.encode(clean)
 
     def _encode_lines(self, text: str) -> list[int]:
-        """sentencepiece's ids for ``text``, computed line by line in one batch call."""
+        """sentencepiece's ids for ``text``; line by line in one batch call for ``bpe``."""
         if self._newline_id is None or "\n" not in text:
             return self._sp.encode(text)
         encoded = self._sp.encode(text.split("\n"))
