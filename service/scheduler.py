@@ -17,13 +17,11 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from lm.engine import DecodeSession, FinishEvent, TokenEvent
 from lm.generate import GenerationParams
-
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -41,11 +39,6 @@ class SchedulerStopped(Exception):
 
 class GenerationFailed(Exception):
     """The decode step raised; the message is logged server-side, not sent to the client."""
-
-
-def rows_for(params: GenerationParams) -> int:
-    """Decode-batch rows a request occupies: one per beam, or one per returned sequence."""
-    return params.rows
 
 
 def sequences_for(params: GenerationParams) -> int:
@@ -206,12 +199,11 @@ class Scheduler:
 
     def _run(self) -> None:
         session = self._session_factory(self.max_batch_rows)
-        pending: deque[Ticket] = deque()
         active: dict[str, Ticket] = {}
         stop = False
         while not stop:
             commands: list[object] = []
-            if not active and not pending:
+            if not active:
                 commands.append(self._inbox.get())  # idle: sleep until there is work
             while True:
                 try:
@@ -222,56 +214,33 @@ class Scheduler:
                 if command is _STOP:
                     stop = True
                 elif isinstance(command, Ticket):
-                    pending.append(command)
-                elif isinstance(command, _Cancel):
-                    self._cancel(session, command.request_id, pending, active)
-            if stop:
-                break
-            self._admit(session, pending, active)
-            if active:
+                    self._add(session, command, active)
+                elif isinstance(command, _Cancel) and active.pop(command.request_id, None) is not None:
+                    session.cancel(command.request_id)
+                    self._release()
+            if active and not stop:
                 session = self._step(session, active)
         stopped = SchedulerStopped("the server is shutting down")
-        for ticket in [*pending, *active.values()]:
+        for ticket in active.values():
             self._deliver(ticket, stopped)
-        self._release(len(pending) + len(active))
+        self._release(len(active))
         self.metrics.batch_rows.labels(self.name).set(0)
 
-    def _cancel(self, session: DecodeSession, request_id: str, pending: deque[Ticket], active: dict[str, Ticket]) -> None:
-        if request_id in active:
-            del active[request_id]
-            session.cancel(request_id)
+    def _add(self, session: DecodeSession, ticket: Ticket, active: dict[str, Ticket]) -> None:
+        """Hand a request to the session; it joins the batch at the next step when rows are free."""
+        try:
+            session.add(ticket.request_id, ticket.prompt_ids, ticket.params)
+        except Exception as exc:  # a request the engine refuses fails alone
+            log.info("model %s refused request %s: %s", self.name, ticket.request_id, exc)
+            self._deliver(ticket, exc)
             self._release()
             return
-        for ticket in pending:
-            if ticket.request_id == request_id:
-                pending.remove(ticket)
-                self._release()
-                return
-
-    def _admit(self, session: DecodeSession, pending: deque[Ticket], active: dict[str, Ticket]) -> None:
-        """Move waiting requests into the batch while rows are free (always at least one)."""
-        rows = session.rows
-        while pending:
-            need = rows_for(pending[0].params)
-            if active and rows + need > self.max_batch_rows:
-                break
-            ticket = pending.popleft()
-            try:
-                session.add(ticket.request_id, ticket.prompt_ids, ticket.params)
-            except Exception as exc:  # a request the engine refuses fails alone
-                log.warning("model %s refused request %s: %s", self.name, ticket.request_id, exc)
-                self._deliver(ticket, exc)
-                self._release()
-                continue
-            active[ticket.request_id] = ticket
-            rows += need
-            self.metrics.prompt_tokens.labels(self.name).inc(len(ticket.prompt_ids))
+        active[ticket.request_id] = ticket
+        self.metrics.prompt_tokens.labels(self.name).inc(len(ticket.prompt_ids))
 
     def _step(self, session: DecodeSession, active: dict[str, Ticket]) -> DecodeSession:
         """One decode step for the whole batch; route each event to its request."""
         start = time.perf_counter()
-        self.metrics.batch_size.labels(self.name).observe(len(active))
-        self.metrics.batch_rows.labels(self.name).set(session.rows)
         try:
             events = session.step()
         except Exception:
@@ -304,5 +273,6 @@ class Scheduler:
                 self._release()
         if tokens:
             self.metrics.tokens_generated.labels(self.name).inc(tokens)
+        self.metrics.batch_size.labels(self.name).observe(len(by_request))
         self.metrics.batch_rows.labels(self.name).set(session.rows)
         return session

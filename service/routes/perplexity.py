@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Request
 
+from lm.generate import ParamError
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError
 from service.generation import check_limit, now
@@ -71,8 +72,8 @@ async def perplexity(
     except TimeoutError:
         raise APIError(504, f"scoring did not finish within {settings.request_timeout_s:g} s (request_timeout_s)",
                        code="timeout") from None
-    except ValueError as exc:  # the scorer refuses an argument (e.g. a stride larger than the context)
-        raise APIError(422, str(exc), param=getattr(exc, "field", None) or "stride", code="invalid_parameter") from None
+    except ParamError as exc:  # the scorer refuses an argument (a stride longer than the context)
+        raise APIError(422, str(exc), param=exc.field, code="invalid_parameter") from None
     finally:
         served.score_waiting -= 1
     served.scheduler.metrics.prompt_tokens.labels(served.name).inc(sum(s.tokens for s in scores))

@@ -1,0 +1,115 @@
+"""Helpers shared by the service tests (tiny checkpoints, settings, clients), and tests of the
+parts that need no HTTP: settings from the environment, checkpoint discovery."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from lm.checkpoint import save_checkpoint
+from lm.config import RNNConfig, TransformerConfig
+from lm.models import build_model
+from service.app import create_app
+from service.registry import discover
+from service.settings import Settings
+from tokenizer import train_tokenizer
+
+CORPUS = "To be, or not to be, that is the question.\nROMEO: But soft, what light through yonder window breaks?\n" * 4
+
+
+def make_checkpoint(directory: Path, *, family: str = "transformer", seed: int = 0) -> Path:
+    """A random tiny model with a char tokenizer: fast to load, deterministic to decode."""
+    corpus = directory.parent / f".{directory.name}-corpus.txt"
+    corpus.write_text(CORPUS, encoding="utf-8")
+    tok = train_tokenizer("char", [corpus], None)
+    torch.manual_seed(seed)
+    if family == "transformer":
+        config: Any = TransformerConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)
+    else:
+        config = RNNConfig(vocab_size=tok.vocab_size, cell="gru", n_embd=16, n_hidden=16, n_layer=1,
+                           dropout=0.0, emb_dropout=0.0)
+    corpus.unlink()
+    return save_checkpoint(directory, build_model(config), tok)
+
+
+def make_checkpoints(root: Path) -> Path:
+    """``root`` with two models: ``tiny`` (Transformer) and ``tiny-gru``."""
+    make_checkpoint(root / "tiny")
+    make_checkpoint(root / "tiny-gru", family="rnn", seed=1)
+    return root
+
+
+def test_settings(checkpoints: Path, **overrides: Any) -> Settings:
+    """Settings for tests: CPU, the given checkpoints, anything else overridden."""
+    return Settings(checkpoints=checkpoints, device="cpu", **overrides)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@contextlib.contextmanager
+def client_for(settings: Settings, **kwargs: Any) -> Iterator[TestClient]:
+    """A TestClient with the lifespan run (models loaded, workers started and stopped)."""
+    with TestClient(create_app(settings), **kwargs) as client:
+        yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sse_events(text: str) -> list[tuple[str | None, Any]]:
+    """Parse a Server-Sent Events body into ``(event, data)`` pairs (data JSON-decoded)."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        event, data = None, []
+        for line in block.splitlines():
+            if line.startswith("event: "):
+                event = line[len("event: "):]
+            elif line.startswith("data: "):
+                data.append(line[len("data: "):])
+        payload = "\n".join(data)
+        out.append((event, payload if payload == "[DONE]" else json.loads(payload)))
+    return out
+
+
+# -- tests of settings and discovery ----------------------------------------------------------
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LMFORGE_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("LMFORGE_MODELS", "a,b")
+    monkeypatch.setenv("LMFORGE_MAX_NEW_TOKENS", "7")
+    monkeypatch.setenv("LMFORGE_API_KEY", "sekrit")
+    s = Settings()
+    assert (s.checkpoints, s.models, s.max_new_tokens) == (tmp_path, ["a", "b"], 7)
+    assert s.api_key is not None and s.api_key.get_secret_value() == "sekrit"
+    assert "sekrit" not in repr(s)
+    assert (s.host, s.port) == ("127.0.0.1", 8000)
+
+
+def test_default_checkpoints_dir_is_the_shipped_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LMFORGE_CHECKPOINTS", raising=False)
+    assert Settings().checkpoints == Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def test_discover_skips_hidden_and_incomplete_dirs(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path / "good")
+    (tmp_path / ".good.tmp-123").mkdir()
+    (tmp_path / ".good.tmp-123" / "config.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    assert discover(tmp_path, None) == {"good": tmp_path / "good"}
+    assert discover(tmp_path, ["good", "missing"]) == {"good": tmp_path / "good"}
+    assert discover(tmp_path / "good", None) == {"good": tmp_path / "good"}
+    assert discover(tmp_path / "nope", None) == {}
