@@ -1,15 +1,17 @@
-"""What a generation request asks for (``GenerationParams``) and what it gets (``Completion``).
+"""What a generation request asks for (``GenerationParams``) and what it gets (``Completion``,
+and step by step ``TokenEvent``/``FinishEvent``).
 
 One flat, validated parameter object with OpenAI-style names (after vLLM's ``SamplingParams``):
 every range is checked when the object is built, and a bad value raises ``ParamError`` naming
 the field, what is allowed and what was given, so the CLI and the HTTP service can pass the
-message straight to the user. ``lm.generate`` re-exports these names; they live here so the
-engine and ``generate()`` can both import them without a cycle.
+message straight to the user. ``lm.generate`` and ``lm.engine`` re-export these names; they live
+here so the engine, beam search and ``generate()`` share them without an import cycle.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -128,3 +130,28 @@ class Completion:
     cumulative_logprob: float
     finish_reason: str
     prompt_tokens: int
+
+
+@dataclass
+class TokenEvent:
+    """Row ``index`` of request ``request_id`` produced ``token_id``; ``text`` is the new text
+    that is safe to show (whole UTF-8 characters, never part of a stop string; may be "")."""
+
+    request_id: Hashable
+    index: int
+    text: str
+    token_id: int
+    logprob: float
+
+
+@dataclass
+class FinishEvent:
+    """Row ``index`` of request ``request_id`` is done. For beam search, one per returned
+    hypothesis, best first."""
+
+    request_id: Hashable
+    index: int
+    completion: Completion
+
+
+Event = TokenEvent | FinishEvent

@@ -1,0 +1,178 @@
+"""Beam search over a ``RowBatch``: each request keeps ``num_beams`` rows.
+
+Every step each request's beams are extended by their ``2 * num_beams`` best continuations
+(as in HF's beam search, so ``<eos>`` candidates can finish while enough beams go on).
+A candidate ending in ``<eos>`` or completing a stop string becomes a finished hypothesis if it
+ranks among the best ``num_beams``; the others become the next beams, and the batch reorders its
+state with one ``select``. Hypotheses are ranked by sum of log-probabilities divided by
+length ** ``length_penalty`` (length counts generated tokens, the final ``<eos>`` included).
+
+A request is done when it has ``num_beams`` hypotheses and either ``early_stopping`` is set or
+no running beam can still beat the worst of them at its current length (HF's heuristic), or
+when it reaches ``max_new_tokens`` (its running beams then join the hypotheses).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from lm.batch import Row, RowBatch
+from lm.params import Completion, FinishEvent
+from lm.sampling import RowSampler
+from lm.streaming import TextStream
+
+if TYPE_CHECKING:
+    from lm.engine import Request
+
+
+@dataclass
+class Hypothesis:
+    score: float
+    """Length-normalised log-probability: what hypotheses are ranked by."""
+    tokens: list[int]
+    logprobs: list[float]
+    reason: str
+
+
+class BeamSearch:
+    """The beam requests of a session, decoding together in ``batch``."""
+
+    def __init__(self, batch: RowBatch, tokenizer) -> None:
+        self.batch = batch
+        self.tokenizer = tokenizer
+        self.eos = getattr(tokenizer, "eos_id", None)
+
+    def admit(self, request: Request) -> None:
+        """Start a request: one row runs the prompt; the first step forks it into beams."""
+        request.hypotheses = []
+        stream = TextStream(self.tokenizer, request.context, request.params.stop) if request.params.stop else None
+        self.batch.join([Row(request, 0, list(request.context), stream=stream)])
+
+    def step(self) -> list[FinishEvent]:
+        """Extend every beam by one token; returns the results of requests that finished."""
+        batch = self.batch
+        if not len(batch):
+            return []
+        logits = batch.forward().float()  # [R, V]
+        rows = batch.rows
+        if any(r.request.params.repetition_penalty != 1.0 or r.request.params.no_repeat_ngram_size for r in rows):
+            sampler = RowSampler([r.request.params for r in rows], batch.device)
+            seen = batch.seen_mask(logits.shape[1]) if sampler.any_penalty else None
+            logits = sampler.constrain(logits, seen, [r.tokens for r in rows])
+        logp = logits.log_softmax(-1)
+
+        groups: dict[Request, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(row.request, []).append(i)
+        index: list[int] = []
+        children: list[Row] = []
+        events: list[FinishEvent] = []
+        for request, pos in groups.items():
+            if pos[-1] - pos[0] + 1 == len(pos):
+                request_logp = logp[pos[0] : pos[-1] + 1]
+            else:
+                request_logp = logp.index_select(0, torch.tensor(pos, device=logp.device))
+            beams = [rows[i] for i in pos]
+            kids, parents = self._expand(request, beams, request_logp)
+            if kids:
+                index += [pos[p] for p in parents]
+                children += kids
+            else:
+                events += self._finalize(request, beams)
+        batch.keep(index, children)
+        if batch.seen is not None and children:
+            batch.mark_seen(torch.tensor([c.tokens[-1] for c in children], device=batch.device))
+        return events
+
+    def _expand(self, request: Request, beams: list[Row], logp: torch.Tensor) -> tuple[list[Row], list[int]]:
+        """The next beams of ``request`` and their parents' positions in ``beams``; no beams
+        when the request is done."""
+        params = request.params
+        nb = params.num_beams
+        V = logp.shape[1]
+        scores = logp + torch.tensor([b.score for b in beams], device=logp.device)[:, None]
+        values, flat = scores.view(-1).topk(min(2 * nb, scores.numel()))
+        token_logps = logp.view(-1)[flat]
+        children: list[Row] = []
+        parents: list[int] = []
+        for rank, (value, f, lp) in enumerate(zip(values.tolist(), flat.tolist(), token_logps.tolist(), strict=True)):
+            if value == -math.inf:
+                break
+            b, token = divmod(f, V)
+            beam = beams[b]
+            if token == self.eos and params.stop_at_eos:
+                if rank < nb:
+                    self._add(request, beam.generated + [token], beam.logprobs + [lp], "eos")
+                continue
+            stream = None
+            if beam.stream is not None:
+                stream = beam.stream.copy()
+                stream.push(token)
+                if stream.stopped:
+                    if rank < nb:
+                        self._add(request, beam.generated + [token], beam.logprobs + [lp], "stop")
+                    continue
+            children.append(Row(request, len(children), beam.tokens + [token], n_ctx=beam.n_ctx,
+                                logprobs=beam.logprobs + [lp], stream=stream, score=value))
+            parents.append(b)
+            if len(children) == nb:
+                break
+        if not children:
+            return [], []
+        n_gen = len(children[0].logprobs)
+        if n_gen >= params.max_new_tokens:
+            for child in children:
+                self._add(request, child.generated, child.logprobs, "length")
+            return [], []
+        if self._is_done(request, children, n_gen):
+            return [], []
+        return children, parents
+
+    @staticmethod
+    def _add(request: Request, tokens: list[int], logprobs: list[float], reason: str) -> None:
+        """Keep a finished hypothesis if it is among the ``num_beams`` best so far."""
+        params = request.params
+        score = sum(logprobs) / len(tokens) ** params.length_penalty
+        hyps = request.hypotheses
+        hyps.append(Hypothesis(score, tokens, logprobs, reason))
+        hyps.sort(key=lambda h: h.score, reverse=True)
+        del hyps[params.num_beams :]
+
+    @staticmethod
+    def _is_done(request: Request, beams: list[Row], n_gen: int) -> bool:
+        params = request.params
+        hyps = request.hypotheses
+        if len(hyps) < params.num_beams:
+            return False
+        if params.early_stopping:
+            return True
+        best_running = max(b.score for b in beams) / n_gen ** params.length_penalty
+        return hyps[-1].score >= best_running
+
+    def _finalize(self, request: Request, beams: list[Row]) -> list[FinishEvent]:
+        if not request.hypotheses:  # every continuation was banned: return the beams as they are
+            for beam in beams:
+                if beam.logprobs:
+                    self._add(request, beam.generated, beam.logprobs, "length")
+                else:
+                    request.hypotheses.append(Hypothesis(0.0, [], [], "length"))
+        best = request.hypotheses[: request.params.num_return_sequences]
+        request.open_rows = len(best)
+        return [
+            FinishEvent(request.id, i, Completion(self._text(request, h), h.tokens, h.logprobs, sum(h.logprobs),
+                                                  h.reason, request.prompt_tokens))
+            for i, h in enumerate(best)
+        ]
+
+    def _text(self, request: Request, hyp: Hypothesis) -> str:
+        """The hypothesis' text, decoded exactly as a streamed greedy/sampled row would be."""
+        stream = TextStream(self.tokenizer, request.context, request.params.stop)
+        tokens = hyp.tokens[:-1] if hyp.reason == "eos" else hyp.tokens
+        for token in tokens:
+            stream.push(token)
+        stream.finish()
+        return stream.text

@@ -1,0 +1,219 @@
+"""Step-wise batched decoding: the one loop behind ``generate()``, streaming and the server.
+
+A ``DecodeSession`` holds the requests being decoded. ``add`` queues a request at any time;
+``step`` runs one forward for every active row and returns what happened (a token per row, a
+finished completion per row that ended). Greedy and sampled requests share one batch: a request
+added between steps joins it at the next step (continuous batching) and a finished row leaves
+it at once. Beam requests decode in a second batch of their own, since each of their steps
+reorders rows.
+
+Results do not depend on batching: rows are left-padded with masks (the models guarantee a
+padded batch equals each row alone) and each sampled row draws from its own generator, seeded
+from the request's ``seed`` and the row's index.
+
+Every prompt is conditioned on a leading ``<eos>`` -- the same left context ``lm.score`` gives a
+text's first token -- because the training stream is a sequence of ``<eos>``-terminated lines,
+so ``<eos>`` is what comes before the start of a text (and an empty prompt means "start").
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from lm.batch import Row, RowBatch
+from lm.beam import BeamSearch
+from lm.params import Completion, Event, FinishEvent, GenerationParams, ParamError, TokenEvent
+from lm.sampling import RowSampler
+from lm.streaming import TextStream
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DecodeSession", "Event", "FinishEvent", "TokenEvent"]
+
+
+
+
+@dataclass(eq=False)
+class Request:
+    """A request in the session: its parameters, conditioning context and open rows."""
+
+    id: Hashable
+    params: GenerationParams
+    prompt_tokens: int
+    context: list[int]
+    open_rows: int = 0
+    hypotheses: list = field(default_factory=list)
+    """Beam search: finished hypotheses, best first."""
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (CPU for a parameterless model)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+class DecodeSession:
+    """Decode many requests together, one step at a time.
+
+    Not thread-safe: drive it from one thread (the server's scheduler does).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, *, device: torch.device | str | None = None,
+                 max_batch_rows: int = 64) -> None:
+        if max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.max_batch_rows = max_batch_rows
+        self._eos = getattr(tokenizer, "eos_id", None)
+        self._requests: dict[Hashable, Request] = {}
+        self._waiting: list[Request] = []
+        self._done: list[Event] = []
+        self._sampled = RowBatch(model, self.device)
+        self._sampler: RowSampler | None = None
+        self._sampler_version = -1
+        self._beams = BeamSearch(RowBatch(model, self.device), tokenizer)
+
+    @property
+    def active(self) -> int:
+        """Requests added and not yet finished or cancelled."""
+        return len(self._requests)
+
+    @property
+    def rows(self) -> int:
+        """Batch rows decoding now (requests waiting for room are not counted)."""
+        return len(self._sampled) + len(self._beams.batch)
+
+    def add(self, request_id: Hashable, prompt_ids: list[int], params: GenerationParams) -> None:
+        """Queue a request; it starts at the next ``step`` if there are rows free."""
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already active")
+        vocab = self.tokenizer.vocab_size
+        bad = [t for t in prompt_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ParamError("prompt", f"prompt token ids must be integers in [0, {vocab}), got {bad[0]!r}")
+        if params.rows > self.max_batch_rows:
+            name = "num_beams" if params.strategy == "beam" else "num_return_sequences"
+            raise ParamError(name, f"{name} must be <= {self.max_batch_rows} (max_batch_rows), "
+                                   f"got {params.rows}")
+        start = self._eos if self._eos is not None else getattr(self.tokenizer, "bos_id", None)
+        context = list(prompt_ids)
+        if start is not None and context[:1] != [start]:
+            context.insert(0, start)
+        if not context:
+            raise ParamError("prompt", "the prompt is empty and the tokenizer has no <eos> or <bos> to start from")
+        request = Request(request_id, params, len(prompt_ids), context)
+        self._requests[request_id] = request
+        self._waiting.append(request)
+
+    def cancel(self, request_id: Hashable) -> None:
+        """Forget a request (e.g. its client went away); its rows leave the batch now."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return
+        if request in self._waiting:
+            self._waiting.remove(request)
+        self._sampled.drop(request)
+        self._beams.batch.drop(request)
+
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        """One decode step for every active row; returns the events in row order."""
+        self._admit()
+        events, self._done = self._done, []
+        events += self._step_sampled()
+        for event in self._beams.step():
+            self._finish(event)
+            events.append(event)
+        return events
+
+    def _admit(self) -> None:
+        """Move waiting requests into the batches while rows are free (first come, first served)."""
+        while self._waiting and self.rows + self._waiting[0].params.rows <= self.max_batch_rows:
+            request = self._waiting.pop(0)
+            params = request.params
+            if params.max_new_tokens == 0:
+                request.open_rows = params.num_return_sequences
+                for index in range(params.num_return_sequences):
+                    event = FinishEvent(request.id, index, Completion("", [], [], 0.0, "length", request.prompt_tokens))
+                    self._done.append(event)
+                    self._finish(event)
+                continue
+            if params.strategy == "beam":
+                request.open_rows = params.num_return_sequences
+                self._beams.admit(request)
+                continue
+            request.open_rows = params.num_return_sequences
+            self._sampled.join([
+                Row(request, index, list(request.context),
+                    stream=TextStream(self.tokenizer, request.context, params.stop),
+                    rng=random.Random(f"{params.seed}/{index}") if params.seed is not None else random.Random())
+                for index in range(params.num_return_sequences)
+            ])
+
+    def _finish(self, event: FinishEvent) -> None:
+        request = self._requests.get(event.request_id)
+        if request is not None:
+            request.open_rows -= 1
+            if request.open_rows <= 0:
+                del self._requests[event.request_id]
+
+    def _step_sampled(self) -> list[Event]:
+        batch = self._sampled
+        if not len(batch):
+            return []
+        logits = batch.forward().float()  # [B, V]
+        rows = batch.rows
+        if self._sampler is None or self._sampler_version != batch.version:
+            self._sampler = RowSampler([r.request.params for r in rows], self.device)
+            self._sampler_version = batch.version
+        sampler = self._sampler
+        seen = batch.seen_mask(logits.shape[1]) if sampler.any_penalty else batch.seen
+        logits = sampler.constrain(logits, seen, [r.tokens for r in rows] if sampler.any_ngram else ())
+        uniforms = None
+        if sampler.any_sampled:
+            uniforms = torch.tensor([r.rng.random() if s else 0.0 for r, s in zip(rows, sampler.sampled, strict=True)],
+                                    dtype=torch.float64, device=self.device)
+        tokens = sampler.choose(logits, uniforms)
+        logprobs = logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)
+        batch.mark_seen(tokens)
+
+        events: list[Event] = []
+        keep: list[int] = []
+        for i, (row, token, logprob) in enumerate(zip(rows, tokens.tolist(), logprobs.tolist(), strict=True)):
+            if self._advance(row, token, logprob, events):
+                self._finish(events[-1])  # type: ignore[arg-type]
+            else:
+                keep.append(i)
+        if len(keep) < len(rows):
+            batch.keep(keep)
+        return events
+
+    def _advance(self, row: Row, token: int, logprob: float, events: list[Event]) -> bool:
+        """Append a chosen token to a greedy/sampled row; True if the row has finished."""
+        request, params, stream = row.request, row.request.params, row.stream
+        assert stream is not None
+        row.tokens.append(token)
+        row.logprobs.append(logprob)
+        reason = None
+        if token == self._eos and params.stop_at_eos:
+            reason, delta = "eos", stream.finish()
+        else:
+            delta = stream.push(token)
+            if stream.stopped:
+                reason = "stop"
+            elif len(row.logprobs) >= params.max_new_tokens:
+                reason, delta = "length", delta + stream.finish()
+        events.append(TokenEvent(request.id, row.index, delta, token, logprob))
+        if reason is None:
+            return False
+        completion = Completion(stream.text, row.generated, row.logprobs, sum(row.logprobs), reason, request.prompt_tokens)
+        events.append(FinishEvent(request.id, row.index, completion))
+        return True
