@@ -416,7 +416,8 @@ class Trainer:
         return open(path, "a", encoding="utf-8")
 
     # ----------------------------------------------------------------------------- the loop
-    def fit(self) -> TrainResult:
+    def fit(self, until_step: int | None = None) -> TrainResult:
+        """Train to the end of the schedule, or pause at ``until_step`` (checkpoint saved, resumable)."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -455,16 +456,20 @@ class Trainer:
                                         lr=f"{self.last_lr:.2e}", tok_s=f"{tps:,.0f}")
                         losses, window_tokens, window_start = [], 0, now
                     stop_now = self._sync_stop(stop.signum)
+                    paused = until_step is not None and self.step >= until_step
                     done = self._finished()
-                    if self.step % cfg.eval_every == 0 or done or stop_now:
-                        if not stop_now or done:
-                            if self._eval_and_track(record):
-                                log.info("early stopping at step %d (patience %d)", self.step, cfg.patience)
-                                done = True
-                        if cfg.save_every == 0 or done or stop_now:
-                            self.save()
-                    elif cfg.save_every and self.step % cfg.save_every == 0:
+                    evaluated = False
+                    if (self.step % cfg.eval_every == 0 and not stop_now) or done:
+                        evaluated = True
+                        if self._eval_and_track(record):
+                            log.info("early stopping at step %d (patience %d)", self.step, cfg.patience)
+                            done = True
+                    periodic = self.step % cfg.save_every == 0 if cfg.save_every else evaluated
+                    if done or stop_now or periodic or paused:
                         self.save()
+                    if paused and not done:
+                        interrupted = "paused"
+                        break
                     if stop_now:
                         interrupted = signal.Signals(stop.signum or signal.SIGTERM).name
                         break

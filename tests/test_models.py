@@ -1,0 +1,115 @@
+"""Model invariants on tiny CPU models: causality, cached == uncached, padding, tying, init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lm.config import ConfigError, RNNConfig, TransformerConfig
+from lm.models import KVCache, RNNState, build_model, concat_states
+
+V = 37
+
+
+def configs() -> list:
+    return [
+        TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=16),
+        TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=16, pos_emb="learned", bias=True),
+        RNNConfig(vocab_size=V, cell="lstm", n_embd=12, n_hidden=20, n_layer=2),
+        RNNConfig(vocab_size=V, cell="gru", n_embd=12, n_hidden=12, n_layer=1),
+        RNNConfig(vocab_size=V, cell="rnn_tanh", n_embd=12, n_hidden=12, tie_weights=False),
+        RNNConfig(vocab_size=V, cell="rnn_relu", n_embd=12, n_hidden=16, n_layer=3),
+    ]
+
+
+@pytest.fixture(params=configs(), ids=lambda c: f"{c.family}-{getattr(c, 'cell', c.__dict__.get('pos_emb'))}")
+def model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(request.param).eval()
+
+
+def test_shapes_and_state_type(model: torch.nn.Module) -> None:
+    x = torch.randint(0, V, (3, 10))
+    logits, state = model(x)
+    assert logits.shape == (3, 10, V)
+    assert isinstance(state, KVCache | RNNState)
+    assert state.select(torch.tensor([2, 0])).batch_size == 2
+
+
+def test_causal(model: torch.nn.Module) -> None:
+    """Changing a later token never changes earlier logits."""
+    x = torch.randint(0, V, (2, 12))
+    y = x.clone()
+    y[:, 7:] = (y[:, 7:] + 1) % V
+    a, _ = model(x, use_cache=False)
+    b, _ = model(y, use_cache=False)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_incremental_equals_full(model: torch.nn.Module) -> None:
+    x = torch.randint(0, V, (2, 20))
+    full, _ = model(x, use_cache=False)
+    logits, state = model(x[:, :9])
+    parts = [logits]
+    for t in range(9, 20):
+        step, state = model(x[:, t : t + 1], state)
+        parts.append(step)
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_left_padded_batch_equals_each_alone(model: torch.nn.Module) -> None:
+    a, b = torch.randint(0, V, (1, 14)), torch.randint(0, V, (1, 6))
+    tokens = torch.cat([a, torch.cat([torch.zeros(1, 8, dtype=torch.long), b], 1)])
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[1, :8] = False
+    logits, state = model(tokens, pad_mask=mask)
+    la, sa = model(a)
+    lb, sb = model(b)
+    torch.testing.assert_close(logits[0], la[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits[1, 8:], lb[0], atol=1e-5, rtol=1e-4)
+    nxt = torch.randint(0, V, (2, 1))
+    step, _ = model(nxt, state)
+    joined, _ = model(nxt, concat_states([sa, sb]))
+    torch.testing.assert_close(step, joined, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(step[1], model(nxt[1:], sb)[0][0], atol=1e-5, rtol=1e-4)
+
+
+def test_weights_remain_tied_after_init() -> None:
+    t = build_model(TransformerConfig(vocab_size=V, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    assert t.lm_head.weight is t.wte.weight
+    r = build_model(RNNConfig(vocab_size=V, n_embd=8, n_hidden=12))
+    assert r.decoder.weight is r.embedding.weight and r.proj is not None
+
+
+def test_residual_init_is_scaled_by_depth() -> None:
+    torch.manual_seed(0)
+    m = build_model(TransformerConfig(vocab_size=V, block_size=8, n_layer=8, n_head=2, n_embd=64))
+    proj = m.blocks[0].attn.c_proj.weight.std().item()
+    fc = m.blocks[0].mlp.c_fc.weight.std().item()
+    assert proj == pytest.approx(0.02 / 4, rel=0.15)
+    assert fc == pytest.approx(0.02, rel=0.15)
+
+
+def test_learned_positions_refuse_past_block() -> None:
+    m = build_model(TransformerConfig(vocab_size=V, block_size=8, n_layer=1, n_head=1, n_embd=8, pos_emb="learned"))
+    with pytest.raises(ValueError, match="block_size"):
+        m(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_embd": 10, "n_head": 3}, "divisible"),
+        ({"pos_emb": "alibi"}, "pos_emb"),
+        ({"dropout": 1.5}, "dropout"),
+    ],
+)
+def test_transformer_config_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TransformerConfig(vocab_size=V, **kwargs)
+
+
+def test_rnn_config_errors() -> None:
+    with pytest.raises(ConfigError, match="cell must be one of"):
+        RNNConfig(vocab_size=V, cell="transformer")
