@@ -1,0 +1,104 @@
+"""``lmforge generate CKPT --prompt TEXT``: continue prompts with a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from lm.params import STRATEGIES
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate", help="continue a prompt with a trained model",
+        description="Continue each --prompt with greedy decoding, sampling or beam search. Prints the "
+                    "prompt followed by its continuation (--json: everything, for machines).")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (or a run directory: its best/latest)")
+    p.add_argument("--prompt", action="append", required=True, help="text to continue; repeat for a batch")
+    g = p.add_argument_group("strategy (unset options take the GenerationParams defaults)")
+    g.add_argument("--strategy", choices=STRATEGIES, help="greedy (default), sample or beam")
+    g.add_argument("--max-new-tokens", type=int, help="most tokens to add (default 64)")
+    g.add_argument("--temperature", type=float, help="sample: < 1 sharper, > 1 flatter, 0 greedy (default 1)")
+    g.add_argument("--top-k", type=int, help="sample: keep the k most likely tokens (default 0: all)")
+    g.add_argument("--top-p", type=float, help="sample: keep the most likely tokens up to this mass (default 1)")
+    g.add_argument("--min-p", type=float, help="sample: drop tokens below min_p x the best (default 0)")
+    g.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeated tokens (default 1)")
+    g.add_argument("--seed", type=int, help="sample: make the result reproducible")
+    g.add_argument("--num-beams", type=int, help="beam: hypotheses kept (default 4)")
+    g.add_argument("--length-penalty", type=float, help="beam: rank by logprob / length ** this (default 1)")
+    g.add_argument("--no-early-stopping", dest="early_stopping", action="store_false", default=None,
+                   help="beam: go on while a running beam could still win")
+    g.add_argument("-n", "--num-return-sequences", type=int, help="completions per prompt (default 1)")
+    g.add_argument("--no-repeat-ngram-size", type=int, help="never repeat an n-gram of this size (default 0: off)")
+    g.add_argument("--stop", action="append", help="stop before this text; repeatable")
+    g.add_argument("--ignore-eos", dest="stop_at_eos", action="store_false", default=None,
+                   help="keep going after <eos>")
+    o = p.add_argument_group("output and device")
+    o.add_argument("--stream", action="store_true", help="print text as it is generated")
+    o.add_argument("--json", action="store_true", help="print JSON (with --stream: one JSON line per event)")
+    o.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    o.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights precision (default fp32)")
+    p.set_defaults(func=run)
+
+
+def torch_dtype(name: str):  # noqa: ANN201 - torch is imported lazily (keeps `lmforge --help` fast)
+    import torch
+
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def run(args: argparse.Namespace) -> int:
+    from lm.engine import FinishEvent
+    from lm.params import GenerationParams, ParamError
+    from lm.pipeline import Pipeline
+
+    names = [f.name for f in dataclasses.fields(GenerationParams)]
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if "stop" in given:
+        given["stop"] = tuple(given["stop"])
+    try:
+        params = GenerationParams(**given)
+        if args.stream and params.rows > 1:
+            raise ParamError("stream", "--stream prints one sequence: use it without beam search and -n > 1")
+    except ParamError as exc:
+        print(f"lmforge generate: error: {exc}", file=sys.stderr)
+        return 2
+    pipe = Pipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=torch_dtype(args.dtype))
+
+    if args.stream:
+        for prompt in args.prompt:
+            if not args.json:
+                print(prompt, end="", flush=True)
+            for event in pipe.stream(prompt, params):
+                if args.json:
+                    record = ({"completion": dataclasses.asdict(event.completion)} if isinstance(event, FinishEvent)
+                              else {"text": event.text, "token_id": event.token_id, "logprob": event.logprob})
+                    print(json.dumps(record, ensure_ascii=False), flush=True)
+                elif not isinstance(event, FinishEvent):
+                    print(event.text, end="", flush=True)
+            if not args.json:
+                print()
+        return 0
+
+    results = pipe.generate(args.prompt, params)
+    if args.json:
+        doc = {
+            "model": pipe.name,
+            "params": dataclasses.asdict(params),
+            "results": [{"prompt": prompt, "completions": [dataclasses.asdict(c) for c in completions]}
+                        for prompt, completions in zip(args.prompt, results, strict=True)],
+        }
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        return 0
+    many = len(args.prompt) * params.num_return_sequences > 1
+    for p_i, (prompt, completions) in enumerate(zip(args.prompt, results, strict=True), 1):
+        for c_i, c in enumerate(completions, 1):
+            if many:
+                print(f"--- prompt {p_i}, completion {c_i} ({c.finish_reason}, "
+                      f"logprob {c.cumulative_logprob:.2f}) ---")
+            print(prompt + c.text)
+    return 0

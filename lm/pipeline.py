@@ -1,0 +1,68 @@
+"""Tokenizer + model + device: text in, text out. What the CLI and the HTTP service call."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lm.checkpoint import load_checkpoint, resolve_checkpoint_dir
+from lm.config import ModelConfig
+from lm.engine import DecodeSession, Event
+from lm.generate import generate
+from lm.params import Completion, GenerationParams
+from lm.score import ScoreResult, score_texts
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """A loaded checkpoint ready to generate and score."""
+
+    def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, *, name: str = "model",
+                 device: torch.device | None = None) -> None:
+        self.name = name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = device if device is not None else next(model.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], *, device: str | torch.device | None = None,
+                        name: str | None = None, dtype: torch.dtype | None = None) -> Pipeline:
+        """Load a checkpoint (or a run directory's best/latest one) onto ``device`` (default:
+        cuda, else mps, else cpu), optionally cast to ``dtype`` (e.g. ``torch.bfloat16``)."""
+        directory = resolve_checkpoint_dir(path)
+        model, tokenizer, config = load_checkpoint(directory, device=device, dtype=dtype)
+        device = next(model.parameters()).device
+        name = name or Path(path).resolve().name
+        log.info("loaded %s (%s, %s) on %s", name, config.family, dtype or "fp32", device)
+        return cls(model, tokenizer, config, name=name, device=device)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[list[Completion]]:
+        """Completions for each prompt (see ``lm.generate.generate``)."""
+        return generate(self.model, self.tokenizer, prompts, params, device=self.device)
+
+    def stream(self, prompt: str, params: GenerationParams) -> Iterator[Event]:
+        """Events as they happen: a ``TokenEvent`` per token (its ``text`` deltas concatenate to
+        the completion's text), then a ``FinishEvent`` per sequence (beam search: only those)."""
+        session = self.session(max(1, params.rows))
+        session.add(0, self.encode(prompt), params)
+        while session.active:
+            yield from session.step()
+
+    def score(self, texts: list[str], *, stride: int | None = None, token_logprobs: bool = False) -> list[ScoreResult]:
+        """Perplexity and friends per text (see ``lm.score``)."""
+        return score_texts(self.model, self.tokenizer, texts, stride=stride, token_logprobs=token_logprobs,
+                           device=self.device)
+
+    def session(self, max_batch_rows: int = 64) -> DecodeSession:
+        """A fresh step-wise decoder over this model (the server's continuous batching)."""
+        return DecodeSession(self.model, self.tokenizer, device=self.device, max_batch_rows=max_batch_rows)
