@@ -75,11 +75,14 @@ def error_response(exc: APIError) -> JSONResponse:
     )
 
 
-def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
-    """``("body", "stop", 2)`` -> ``"stop[2]"``; the leading ``body``/``query`` is dropped."""
+def _loc_parts(loc: tuple[Any, ...]) -> list[Any]:
+    """The field path of an error location, without ``body`` and union-member tags (``str``)."""
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
-    # Union members show up as extra loc entries ("str", "list[str]"); they only confuse the reader.
-    parts = [p for p in parts if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool"}))]
+    return [p for p in parts if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool"}))]
+
+
+def _param(parts: list[Any]) -> str | None:
+    """``["stop", 2]`` -> ``"stop[2]"``."""
     if not parts:
         return None
     out = str(parts[0])
@@ -89,21 +92,27 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:
-    """A one-line message naming the field, the field itself, and an error code."""
+    """A one-line message naming the field, the field itself, and an error code.
+
+    A value that matches no member of a union yields one error per member; the deepest one
+    (``stop[0]: Input should be a valid string``) is the most specific, so it is reported.
+    """
     errors = exc.errors()
     if not errors:
         return "invalid request", None, "invalid_request"
-    first = errors[0]
-    kind = str(first.get("type", "invalid"))
-    if kind == "json_invalid":
+    if any(e.get("type") == "json_invalid" for e in errors):
         return "request body is not valid JSON", None, "invalid_json"
-    param = _loc_to_param(tuple(first.get("loc", ())))
+    first = max(errors, key=lambda e: len(_loc_parts(tuple(e.get("loc", ())))))
+    kind = str(first.get("type", "invalid"))
+    param = _param(_loc_parts(tuple(first.get("loc", ()))))
     if kind == "extra_forbidden":
         return f"unknown field {param!r}", param, "unknown_field"
     if kind == "missing" and param is None:
         return "request body is required", None, "missing"
     msg = str(first.get("msg", "invalid value"))
-    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    fields = {_param(_loc_parts(tuple(e.get("loc", ())))) for e in errors}
+    roots = {f.split("[")[0].split(".")[0] for f in fields if f}
+    more = f" (and errors in {len(roots) - 1} more field(s))" if len(roots) > 1 else ""
     return (f"{param}: {msg}" if param else msg) + more, param, kind
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
-from lm.engine import FinishEvent
-from lm.generate import Completion, GenerationParams, ParamError
 from starlette.types import Receive, Scope, Send
 
+from lm.engine import FinishEvent, TokenEvent
+from lm.generate import Completion, GenerationParams, ParamError
 from service.errors import APIError, error_body
 from service.registry import ServedModel
 from service.scheduler import Event, GenerationFailed, QueueFull, SchedulerStopped, Submission
@@ -151,14 +151,21 @@ async def events_until_done(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.request_timeout_s
     next_check = loop.time() + DISCONNECT_POLL_S
+    log = request.state.log
+    log["streamed_tokens"] = 0
     try:
         async for item in submission.events(deadline):
+            if isinstance(item[1], TokenEvent):
+                log["streamed_tokens"] += 1
             yield item
             if loop.time() >= next_check:
                 next_check = loop.time() + DISCONNECT_POLL_S
                 if await request.is_disconnected():
-                    request.state.log["disconnected"] = True
+                    log["disconnected"] = True
                     return
+    except (GeneratorExit, asyncio.CancelledError):  # the server dropped the stream: client gone
+        log["disconnected"] = True
+        raise
     finally:
         submission.cancel()
 

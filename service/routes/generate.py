@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+
 from lm.engine import FinishEvent, TokenEvent
 from lm.generate import Completion, GenerationParams
-
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError
 from service.generation import (
@@ -33,6 +33,8 @@ from service.settings import Settings
 
 router = APIRouter(tags=["generation"])
 
+DEFAULT_MAX_NEW_TOKENS = GenerationParams().max_new_tokens
+
 SSE_DOC = {
     "description": (
         "Server-Sent Events: `event: token` per text delta (beam search sends none: a beam's text is "
@@ -50,6 +52,8 @@ def prepare(body: GenerateRequest, request: Request, registry: ModelRegistry, se
         raise APIError(422, "give exactly one of prompt or prompts", param="prompt", code="invalid_prompt")
     served = resolve_model(registry, body.model, settings)
     options: dict[str, Any] = body.model_dump(exclude={"model", "prompt", "prompts", "stop"})
+    if options["max_new_tokens"] is None:
+        options["max_new_tokens"] = min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens)
     check_decoding_limits(settings, options)
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
     if len(stop) > 16 or any(not s for s in stop):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from lm.generate import GenerationParams
 from pydantic import BaseModel, Field
 
+from lm.generate import GenerationParams
 from service.schemas.common import INT32, INT63, ModelName, RequestBody, Usage
 
 _D: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GenerationParams)}
@@ -22,7 +22,10 @@ class DecodingOptions(RequestBody):
     """Every option of the decoding engine (``lm.generate.GenerationParams``)."""
 
     strategy: Strategy = Field(_D["strategy"], description="greedy, sample (temperature/top-k/top-p) or beam search")
-    max_new_tokens: int = Field(_D["max_new_tokens"], ge=0, le=INT32, description="tokens to generate per sequence")
+    max_new_tokens: int | None = Field(
+        None, ge=0, le=INT32,
+        description=f"tokens to generate per sequence (null: {_D['max_new_tokens']}, or the server's limit if lower)",
+    )
     temperature: float = Field(_D["temperature"], ge=0, description="sample: softmax temperature")
     top_k: int = Field(_D["top_k"], ge=0, le=INT32, description="sample: keep the k most likely tokens (0 = all)")
     top_p: float = Field(_D["top_p"], ge=0, le=1, description="sample: nucleus probability mass")

@@ -1,0 +1,86 @@
+"""The official ``openai`` client drives ``/v1/completions`` on a real uvicorn server, unchanged."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+import uvicorn
+from openai import OpenAI
+from test_service_helpers import free_port, make_checkpoints, test_settings
+
+from service.app import create_app
+
+KEY = "openai-test-key"
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = make_checkpoints(tmp_path_factory.mktemp("ckpts"))
+    port = free_port()
+    app = create_app(test_settings(root, api_key=KEY, port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def client(base_url: str) -> OpenAI:
+    return OpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=30)
+
+
+def test_models_list(client: OpenAI) -> None:
+    assert sorted(m.id for m in client.models.list()) == ["tiny", "tiny-gru"]
+
+
+def test_completion(client: OpenAI) -> None:
+    c = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=8, temperature=0)
+    assert c.object == "text_completion" and c.model == "tiny"
+    assert len(c.choices) == 1 and c.choices[0].finish_reason in ("stop", "length")
+    assert c.usage is not None and c.usage.prompt_tokens == 6
+    again = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=8, temperature=0)
+    assert again.choices[0].text == c.choices[0].text
+
+
+def test_completion_options(client: OpenAI) -> None:
+    c = client.completions.create(model="tiny", prompt=["To", "be"], max_tokens=6, n=2, temperature=0.8, top_p=0.9,
+                                  seed=5, logprobs=2, echo=True, stop=["\n"])
+    assert [ch.index for ch in c.choices] == [0, 1, 2, 3]
+    assert c.choices[0].text.startswith("To") and c.choices[2].text.startswith("be")
+    lp = c.choices[0].logprobs
+    assert lp is not None and lp.tokens[:2] == ["T", "o"] and len(lp.token_logprobs) == len(lp.text_offset)
+    same = client.completions.create(model="tiny", prompt=["To", "be"], max_tokens=6, n=2, temperature=0.8,
+                                     top_p=0.9, seed=5, logprobs=2, echo=True, stop=["\n"])
+    assert [ch.text for ch in same.choices] == [ch.text for ch in c.choices]
+
+
+def test_streaming(client: OpenAI) -> None:
+    full = client.completions.create(model="tiny", prompt="To be", max_tokens=12, temperature=0)
+    chunks = list(client.completions.create(model="tiny", prompt="To be", max_tokens=12, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert text == full.choices[0].text
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finishes == [full.choices[0].finish_reason]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_errors_map_to_openai_exceptions(client: OpenAI, base_url: str) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.completions.create(model="nope", prompt="a")
+    assert "nope" in str(exc.value)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.completions.create(model="tiny", prompt="a", max_tokens=10**6)
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=base_url, api_key="wrong", max_retries=0).completions.create(model="tiny", prompt="a")
