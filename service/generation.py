@@ -189,6 +189,18 @@ class EventStreamResponse(StreamingResponse):
             self.submission.cancel()
 
 
+def sse_event_schema(events: list[str] | None, data: str) -> dict[str, Any]:
+    """OpenAPI schema of one Server-Sent Event (before OpenAPI 3.2, ``schema`` describes an event)."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "string", "contentMediaType": "application/json", "description": data}},
+    }
+    if events:
+        schema["properties"]["event"] = {"type": "string", "enum": events}
+    return schema
+
+
 def sse(data: Any, event: str | None = None) -> str:
     """One Server-Sent Event (``data`` as JSON unless it is already a string)."""
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)

@@ -15,9 +15,9 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
+
 from lm.engine import FinishEvent, TokenEvent
 from lm.generate import Completion, GenerationParams
-
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError
 from service.generation import (
@@ -32,6 +32,7 @@ from service.generation import (
     now,
     sse,
     sse_error,
+    sse_event_schema,
     submit,
     token_texts,
 )
@@ -162,7 +163,9 @@ def choice(plan: Plan, prompt_index: int, c: Completion) -> CompletionChoice:
     responses={
         200: {
             "description": "a completion, or with stream: true Server-Sent Events of completion chunks ending with data: [DONE]",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": sse_event_schema(
+                None, "JSON: a CompletionResponse chunk, an ErrorBody, or the final [DONE]"
+            )}},
         },
         **ERROR_RESPONSES,
     },

@@ -23,6 +23,7 @@ from service.generation import (
     now,
     sse,
     sse_error,
+    sse_event_schema,
     submit,
     token_texts,
 )
@@ -41,7 +42,10 @@ SSE_DOC = {
         "final only when the search ends), `event: finish` per sequence with finish_reason and usage, "
         "`event: done` with the total usage, or `event: error` with an error body."
     ),
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "content": {"text/event-stream": {"schema": sse_event_schema(
+        ["token", "finish", "done", "error"],
+        "JSON: TokenData (token), FinishData (finish), DoneData (done) or ErrorBody (error)",
+    )}},
 }
 
 
