@@ -10,16 +10,18 @@ down.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
-from lm.pipeline import Pipeline
+import torch
 
 from lm.checkpoint import CONFIG_FILE
 from lm.config import to_dict
+from lm.pipeline import Pipeline
 from service.metrics import Metrics
 from service.scheduler import Scheduler
 from service.settings import Settings
@@ -98,6 +100,11 @@ class ModelRegistry:
 
     def load_all(self) -> None:
         """Load every discovered checkpoint (blocking: call it from a worker thread)."""
+        # Decoding shares the process with the event loop: torch's default (a thread per core)
+        # would fight it for the CPU, and oversubscribed threads collapse batched throughput.
+        threads = self.settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
         for name, path in discover(self.settings.checkpoints, self.settings.models).items():
             try:
                 pipeline = Pipeline.from_checkpoint(path, device=self.settings.device, name=name)

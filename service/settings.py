@@ -30,6 +30,9 @@ class Settings(BaseSettings):
         None, description="serve only these model names (subdirectory names); default: all"
     )
     device: str = Field("auto", description="torch device; auto = cuda, else mps, else cpu")
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads (0: one per CPU but one, left for the HTTP event loop)"
+    )
     host: str = Field("127.0.0.1", description="interface to bind")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to bind")
     api_key: SecretStr | None = Field(

@@ -48,8 +48,9 @@ def make_checkpoints(root: Path) -> Path:
 
 
 def test_settings(checkpoints: Path, **overrides: Any) -> Settings:
-    """Settings for tests: CPU, the given checkpoints, anything else overridden."""
-    return Settings(checkpoints=checkpoints, device="cpu", **overrides)
+    """Settings for tests: CPU, the given checkpoints, anything else overridden. Torch keeps its
+    thread count, which is process-wide and shared with the rest of the test session."""
+    return Settings(checkpoints=checkpoints, device="cpu", torch_threads=torch.get_num_threads(), **overrides)
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
