@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -153,6 +154,7 @@ class Trainer:
         self.resume = resume
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            recover_run_dir(self.run_dir)
             (self.run_dir / RUN_CONFIG_FILE).write_text(json.dumps(_run_to_dict(run), indent=2) + "\n")
         self._barrier()
 
@@ -365,13 +367,19 @@ class Trainer:
         if rnn is not None:
             trainer_state["rnn_state"] = rnn
         name = f"step-{self.step:08d}"
-        path = save_checkpoint(self.run_dir / name, self.model, self.tokenizer,
-                               training=self._training_meta(), trainer_state=trainer_state)
-        write_text_atomic(self.run_dir / LATEST_FILE, name + "\n")
+        try:
+            path = save_checkpoint(self.run_dir / name, self.model, self.tokenizer,
+                                   training=self._training_meta(), trainer_state=trainer_state)
+            write_text_atomic(self.run_dir / LATEST_FILE, name + "\n")
+        except OSError as exc:
+            previous = (self.run_dir / LATEST_FILE).read_text().strip() if (self.run_dir / LATEST_FILE).is_file() else None
+            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            raise TrainingError(
+                f"could not save the checkpoint for step {self.step} to {self.run_dir / name}: "
+                f"{exc.strerror or exc}; {kept}"
+            ) from None
         for old in self.run_dir.glob("step-*"):
             if old.name != name and old.is_dir():
-                import shutil
-
                 shutil.rmtree(old, ignore_errors=True)
         return path
 
@@ -511,7 +519,13 @@ class Trainer:
             self.best_val = val
             self.evals_since_best = 0
             if self.dist.is_main:
-                save_checkpoint(self.run_dir / "best", self.model, self.tokenizer, training=self._training_meta())
+                try:
+                    save_checkpoint(self.run_dir / "best", self.model, self.tokenizer, training=self._training_meta())
+                except OSError as exc:
+                    raise TrainingError(
+                        f"could not save the best checkpoint at step {self.step} to {self.run_dir / 'best'}: "
+                        f"{exc.strerror or exc}; the previous best/ is intact"
+                    ) from None
         else:
             self.evals_since_best += 1
             if self.cfg.schedule == "plateau" and self.step >= self.cfg.warmup_steps:
@@ -520,6 +534,22 @@ class Trainer:
                 "best_val_loss": round(self.best_val, 5), "eval_s": round(time.perf_counter() - t0, 2)})
         log.info("step %d: val loss %.4f (ppl %.2f)%s", self.step, val, math.exp(min(val, 50)), " *" if improved else "")
         return bool(self.cfg.patience and self.evals_since_best >= self.cfg.patience)
+
+
+def recover_run_dir(run_dir: Path) -> None:
+    """Tidy what a crash can leave behind: half-written temporaries and a ``best/`` mid-replace."""
+    for tmp in run_dir.glob(".*.tmp-*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    for old in sorted(run_dir.glob(".*.old-*")):
+        target = run_dir / old.name[1:].split(".old-")[0]
+        if not target.exists():
+            old.rename(target)  # the crash came between the two renames: restore the old copy
+            log.warning("restored %s from an interrupted replace", target)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _run_to_dict(run: RunConfig) -> dict[str, Any]:

@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"interrupted by {result.interrupted} at step {result.steps}; checkpoint saved. "
               f"Continue with: lmforge train --resume {result.run_dir}")
-        return 130
+        import signal
+
+        return 128 + int(getattr(signal, result.interrupted, signal.SIGINT))
     line = (f"done: {result.steps} steps, {result.tokens_seen:,} tokens, {result.elapsed:.0f} s; "
             f"best val loss {result.best_val_loss:.4f} (ppl {math.exp(min(result.best_val_loss, 50)):.2f})")
     if result.test_loss is not None:
