@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
@@ -17,7 +18,12 @@ from fastapi.responses import Response
 from service.errors import install_error_handlers
 from service.generation import ClientGone
 from service.metrics import Metrics
-from service.middleware import AuthMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from service.middleware import (
+    PUBLIC_PATHS,
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+)
 from service.registry import ModelRegistry
 from service.routes import completions, generate, health, models, perplexity
 from service.settings import Settings
@@ -32,6 +38,23 @@ Every error has the body `{"error": {"message", "type", "param", "code"}}`; `par
 field at fault. With `LMFORGE_API_KEY` set, every route but `/health` and the docs needs
 `Authorization: Bearer <key>`.
 """
+
+
+def document_auth(app: FastAPI) -> None:
+    """Declare the bearer scheme in the OpenAPI schema, so /docs offers an Authorize button."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http", "scheme": "bearer", "description": "the server's LMFORGE_API_KEY",
+        }
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                operation["security"] = [] if path in PUBLIC_PATHS else [{"bearer": []}]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -74,6 +97,8 @@ def create_app(
     for module in (generate, completions, perplexity, models, health):
         app.include_router(module.router)
 
+    if settings.api_key is not None:
+        document_auth(app)
     # Added innermost first: context (outermost) -> auth -> body limit -> routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
     if settings.api_key is not None:

@@ -95,6 +95,10 @@ class Submission:
                         self._open.discard(index)
                 yield index, event
 
+    def add(self, ticket: Ticket) -> None:
+        self.tickets.append(ticket)
+        self._open.add(ticket.index)
+
     def cancel(self) -> None:
         """Stop decoding whatever is unfinished (client gone, timeout, error). Idempotent."""
         for ticket in self.tickets:
@@ -175,8 +179,7 @@ class Scheduler:
         submission = Submission(self, asyncio.get_running_loop())
         for i, (ids, params) in enumerate(requests):
             ticket = Ticket(f"{request_id}/{i}/{next(self._ids)}", i, ids, params, submission)
-            submission.tickets.append(ticket)
-            submission._open.add(i)
+            submission.add(ticket)
         for ticket in submission.tickets:
             self._inbox.put(ticket)
         return submission

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1, description="requests accepted per model at once (decoding or waiting)")
     max_batch_rows: int = Field(32, ge=1, description="rows of the running decode batch per model")
     request_timeout_s: float = Field(120.0, gt=0, description="seconds before a request is abandoned (504)")
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="on shutdown, seconds to let open requests and streams finish before closing them"
+    )
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")
 
     @field_validator("models", mode="before")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,6 +143,8 @@ def test_perplexity(client: TestClient) -> None:
     assert first["perplexity"] > 1
     assert len(first["token_logprobs"]) == 13
     assert first["nll"] == pytest.approx(-sum(first["token_logprobs"]), rel=1e-6)
+    assert first["nll_per_token"] == pytest.approx(first["nll"] / 13)
+    assert first["perplexity"] == pytest.approx(math.exp(first["nll_per_token"]), rel=1e-6)
     assert body["usage"]["prompt_tokens"] == 18
     single = client.post("/v1/perplexity", json={"model": "tiny", "text": "ROMEO"}).json()["results"][0]
     assert single["token_logprobs"] is None and single["nll"] == pytest.approx(second["nll"], rel=1e-5)

@@ -210,6 +210,12 @@ class TestAuth:
         assert r.status_code == 200
         assert client.get("/openapi.json").status_code == 200  # the API description is public
 
+    def test_the_schema_declares_the_bearer_scheme(self, client: TestClient) -> None:
+        schema = client.get("/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert schema["paths"]["/v1/generate"]["post"]["security"] == [{"bearer": []}]
+        assert schema["paths"]["/health"]["get"]["security"] == []
+
     def test_a_prefix_or_other_scheme_is_refused(self, client: TestClient) -> None:
         for value in (f"Bearer {self.KEY[:-1]}", f"Bearer {self.KEY}x", self.KEY, f"Basic {self.KEY}",
                       f"bearer  {self.KEY}"):

@@ -114,3 +114,23 @@ def test_discover_skips_hidden_and_incomplete_dirs(tmp_path: Path) -> None:
     assert discover(tmp_path, ["good", "missing"]) == {"good": tmp_path / "good"}
     assert discover(tmp_path / "good", None) == {"good": tmp_path / "good"}
     assert discover(tmp_path / "nope", None) == {}
+
+
+def test_serve_flags_mirror_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from lm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--checkpoints", "--host", "--port", "--device", "--models", "--max-new-tokens", "--max-queue",
+                 "--request-timeout-s", "--log-prompts"):
+        assert flag in out
+    assert "--api-key" not in out  # secrets stay out of command lines (visible in ps)
+
+
+def test_serve_bad_flag_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from lm.cli import main
+
+    assert main(["serve", "--port", "not-a-port"]) == 2
+    err = capsys.readouterr().err
+    assert "--port" in err and "Traceback" not in err

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{flag}: {first['msg']}") from None
     app = create_app(settings)
     log.info("lmforge serve: http://%s:%s (checkpoints: %s)", settings.host, settings.port, settings.checkpoints)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=settings.shutdown_timeout_s)
     return 0
 

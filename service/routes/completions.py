@@ -132,7 +132,11 @@ def logprobs_block(tokens: list[str], lps: list[float | None], start: int, k: in
 
 
 async def prompt_logprobs(plan: Plan) -> None:
-    """Log-probabilities of the prompt tokens, for ``echo`` with ``logprobs`` (first is null)."""
+    """Log-probabilities of the prompt tokens, for ``echo`` with ``logprobs``.
+
+    Every prompt token gets one (the first is conditioned on ``<eos>``, as ``lm.score`` does),
+    unlike OpenAI's null for the first token.
+    """
     texts = [p.text for p in plan.prompts]
     served = plan.served
     async with served.score_limiter:

@@ -83,6 +83,7 @@ async def perplexity(
             tokens=s.tokens,
             characters=s.characters,
             nll=finite(s.nll),
+            nll_per_token=finite(s.nll / s.tokens) if s.tokens else None,
             perplexity=finite(s.perplexity),
             bits_per_char=finite(s.bits_per_char),
             token_logprobs=None if s.token_logprobs is None else [finite(x) for x in s.token_logprobs],

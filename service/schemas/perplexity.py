@@ -27,8 +27,9 @@ class PerplexityResult(BaseModel):
     index: int
     tokens: int = Field(description="tokens scored")
     characters: int
-    nll: float | None = Field(description="mean negative log-likelihood per token (nats)")
-    perplexity: float | None = Field(description="exp(nll); null when it overflows")
+    nll: float | None = Field(description="total negative log-likelihood of the text's tokens (nats)")
+    nll_per_token: float | None = Field(description="nll / tokens: the mean, as a training loss reports it")
+    perplexity: float | None = Field(description="exp(nll_per_token); null when it overflows")
     bits_per_char: float | None
     token_logprobs: list[float | None] | None = None
 
