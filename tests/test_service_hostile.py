@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from test_service_helpers import client_for, make_checkpoint, test_settings
 
+from tokenizer import train_tokenizer
+
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -154,6 +156,10 @@ def test_bad_checkpoints_are_skipped_and_the_rest_served(tmp_path: Path) -> None
     weights.write_bytes(weights.read_bytes()[:100])
     make_checkpoint(tmp_path / "badconfig")
     (tmp_path / "badconfig" / "config.json").write_text('{"format": "lmforge", "version": 1, "model": {"n_head": -1}}')
+    make_checkpoint(tmp_path / "mismatched")
+    corpus = tmp_path / "abc.txt"
+    corpus.write_text("abc\n", encoding="utf-8")
+    train_tokenizer("char", [corpus], None).save(tmp_path / "mismatched")  # 4 specials + 4 chars != the model's
     with client_for(test_settings(tmp_path)) as c:
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["good"]
         assert c.get("/ready").status_code == 200
