@@ -76,10 +76,13 @@ def encode_prompts(served: ServedModel, texts: Sequence[str], settings: Settings
     return prompts
 
 
-def submit(served: ServedModel, prompts: list[Prompt], params: GenerationParams, request_id: str, settings: Settings) -> Submission:
+def submit(
+    served: ServedModel, prompts: list[Prompt], params: GenerationParams, request_id: str, settings: Settings,
+    *, stream: bool,
+) -> Submission:
     """Queue every prompt of the request at once, or refuse the whole request (429/503)."""
     try:
-        return served.scheduler.submit([(p.ids, params) for p in prompts], request_id)
+        return served.scheduler.submit([(p.ids, params) for p in prompts], request_id, stream=stream)
     except QueueFull as exc:
         served.scheduler.metrics.rejected.labels("queue_full").inc()
         raise APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(settings.retry_after_s)}) from None

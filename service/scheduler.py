@@ -68,9 +68,11 @@ class Submission:
     Only the event loop reads ``queue``; only the worker fills it (``call_soon_threadsafe``).
     """
 
-    def __init__(self, scheduler: Scheduler, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, scheduler: Scheduler, loop: asyncio.AbstractEventLoop, *, stream: bool) -> None:
         self.scheduler = scheduler
         self.loop = loop
+        self.stream = stream
+        """Whether token events are wanted; without them the loop wakes once per sequence, not per token."""
         self.queue: asyncio.Queue[tuple[int, list[Event] | BaseException]] = asyncio.Queue()
         self.tickets: list[Ticket] = []
         self._open: set[int] = set()
@@ -105,6 +107,12 @@ class Submission:
             if ticket.index in self._open:
                 self._open.discard(ticket.index)
                 self.scheduler.cancel(ticket.request_id)
+
+
+def _put_all(items: list[tuple[Ticket, list[Event] | BaseException]]) -> None:
+    """Runs on the event loop: fill each request's queue."""
+    for ticket, item in items:
+        ticket.submission.queue.put_nowait((ticket.index, item))
 
 
 @dataclass
@@ -164,8 +172,13 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, requests: list[tuple[list[int], GenerationParams]], request_id: str) -> Submission:
-        """Queue all of a request's prompts, or none of them (``QueueFull``, ``SchedulerStopped``)."""
+    def submit(
+        self, requests: list[tuple[list[int], GenerationParams]], request_id: str, *, stream: bool = True
+    ) -> Submission:
+        """Queue all of a request's prompts, or none of them (``QueueFull``, ``SchedulerStopped``).
+
+        With ``stream=False`` only finish events are delivered.
+        """
         if not self.alive:
             raise SchedulerStopped(f"model {self.name!r} is not running")
         with self._lock:
@@ -176,7 +189,7 @@ class Scheduler:
                 )
             self._inflight += len(requests)
             self.metrics.queue_depth.labels(self.name).set(self._inflight)
-        submission = Submission(self, asyncio.get_running_loop())
+        submission = Submission(self, asyncio.get_running_loop(), stream=stream)
         for i, (ids, params) in enumerate(requests):
             ticket = Ticket(f"{request_id}/{i}/{next(self._ids)}", i, ids, params, submission)
             submission.add(ticket)
@@ -196,9 +209,17 @@ class Scheduler:
 
     @staticmethod
     def _deliver(ticket: Ticket, item: list[Event] | BaseException) -> None:
-        sub = ticket.submission
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
-            sub.loop.call_soon_threadsafe(sub.queue.put_nowait, (ticket.index, item))
+        Scheduler._deliver_all([(ticket, item)])
+
+    @staticmethod
+    def _deliver_all(items: list[tuple[Ticket, list[Event] | BaseException]]) -> None:
+        """Hand events to their requests' queues with one wake-up of each event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Ticket, list[Event] | BaseException]]] = {}
+        for ticket, item in items:
+            by_loop.setdefault(ticket.submission.loop, []).append((ticket, item))
+        for loop, batch in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+                loop.call_soon_threadsafe(_put_all, batch)
 
     def _run(self) -> None:
         session = self._session_factory(self.max_batch_rows)
@@ -268,12 +289,17 @@ class Scheduler:
                 if ticket.params.strategy == "beam":
                     tokens += len(event.completion.token_ids)
                 ticket.finished += 1
+        deliveries: list[tuple[Ticket, list[Event] | BaseException]] = []
         for request_id, batch in by_request.items():
             ticket = active[request_id]
-            self._deliver(ticket, batch)
+            if not ticket.submission.stream:
+                batch = [e for e in batch if isinstance(e, FinishEvent)]
+            if batch:
+                deliveries.append((ticket, batch))
             if ticket.finished >= ticket.expected:
                 del active[request_id]
                 self._release()
+        self._deliver_all(deliveries)
         if tokens:
             self.metrics.tokens_generated.labels(self.name).inc(tokens)
         self.metrics.batch_size.labels(self.name).observe(len(by_request))

@@ -185,7 +185,7 @@ async def completions(
     if p.echo and p.logprobs is not None:
         await prompt_logprobs(p)
     rid = request_id(request)
-    submission = submit(p.served, p.prompts, p.params, rid, settings)
+    submission = submit(p.served, p.prompts, p.params, rid, settings, stream=bool(body.stream))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventStreamResponse(stream(p, submission, request, settings, rid, include_usage), submission)

@@ -100,7 +100,7 @@ async def generate(
     """Generate continuations for one prompt or a batch, with any decoding strategy."""
     served, prompts, params = prepare(body, request, registry, settings)
     rid = request_id(request)
-    results = await collect(submit(served, prompts, params, rid, settings), request, settings)
+    results = await collect(submit(served, prompts, params, rid, settings, stream=False), request, settings)
     choices = [choice(served, p, i, c) for p, row in enumerate(results) for i, c in enumerate(row)]
     prompt_tokens = sum(len(p.ids) for p in prompts)
     completion_tokens = sum(len(c.token_ids) for c in choices)
@@ -129,7 +129,7 @@ async def generate_stream(
     """Like /v1/generate, streamed as Server-Sent Events, one event per text delta."""
     served, prompts, params = prepare(body, request, registry, settings)
     rid = request_id(request)
-    submission = submit(served, prompts, params, rid, settings)
+    submission = submit(served, prompts, params, rid, settings, stream=True)
 
     async def stream() -> AsyncIterator[str]:
         completion_tokens = 0
