@@ -604,4 +604,9 @@ def write_loss_plot(run_dir: Path) -> Path | None:
 
 def train(run: RunConfig, *, resume: bool = False) -> TrainResult:
     """Train (or resume) the run that ``run`` describes."""
-    return Trainer(run, resume=resume).fit()
+    from lm.distributed import shutdown_distributed
+
+    try:
+        return Trainer(run, resume=resume).fit()
+    finally:
+        shutdown_distributed()

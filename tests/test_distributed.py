@@ -42,7 +42,7 @@ def test_two_processes_match_one(family: str, small_corpus: Path, tmp_path: Path
     write_config(tmp_path / "one.toml", small_corpus, one, family)
     write_config(tmp_path / "two.toml", small_corpus, two, family)
     run([sys.executable, "-m", "lm.cli", "train", "--config", str(tmp_path / "one.toml")], tmp_path)
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "lm.cli", "train", "--config", str(tmp_path / "two.toml")], tmp_path)
     a, b = losses(one), losses(two)
     assert [r["step"] for r in a] == [r["step"] for r in b]  # rank 1 wrote no duplicate records

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from lm.config import ConfigError, apply_overrides, load_run_config
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"lmforge train: error: {exc}", file=sys.stderr)
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
     if result.interrupted:
         print(f"interrupted by {result.interrupted} at step {result.steps}; checkpoint saved. "
               f"Continue with: lmforge train --resume {result.run_dir}")
