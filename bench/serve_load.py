@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per concurrency level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the levels in turn and pool them (evens out a machine's changing load)")
     parser.add_argument("--device", help="device for the server (default: auto)")
     parser.add_argument("--torch-threads", type=int, help="torch threads in the server (default: torch's)")
     args = parser.parse_args(argv)
@@ -173,19 +175,25 @@ def main(argv: list[str] | None = None) -> int:
         body["model"] = args.model
     try:
         asyncio.run(run_level(url, 2, 2.0, body))  # warm-up: allocator, first batch shapes
-        results = []
-        for clients in args.clients:
-            log.info("%d client(s) for %.0f s", clients, args.duration)
-            results.append(asyncio.run(run_level(url, clients, args.duration, body)))
+        results = {c: Result(c, 0.0) for c in args.clients}
+        for round_ in range(args.rounds):
+            for clients in args.clients:
+                log.info("round %d: %d client(s) for %.0f s", round_ + 1, clients, args.duration)
+                r = asyncio.run(run_level(url, clients, args.duration, body))
+                pooled = results[clients]
+                pooled.seconds += r.seconds
+                pooled.latencies += r.latencies
+                pooled.tokens += r.tokens
+                pooled.errors += r.errors
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-    print(f"\n/v1/generate, greedy, {args.max_new_tokens} new tokens, {args.duration:g} s per level, "
-          f"server: {args.url or args.checkpoint}\n")
-    print(table(results))
+    print(f"\n/v1/generate, greedy, {args.max_new_tokens} new tokens, {args.duration:g} s per level x "
+          f"{args.rounds} round(s), server: {args.url or args.checkpoint}\n")
+    print(table(list(results.values())))
     print()
-    print("\n".join(targets(results)))
+    print("\n".join(targets(list(results.values()))))
     return 0
 
 
