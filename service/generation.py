@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from service.registry import ServedModel
 from service.scheduler import Event, GenerationFailed, QueueFull, SchedulerStopped, Submission
 from service.settings import Settings
 
+log = logging.getLogger(__name__)
+
 DISCONNECT_POLL_S = 0.5
 
 
@@ -35,9 +38,20 @@ class Prompt:
     ids: list[int]
 
 
-def check_limit(value: int, limit: int, field: str, setting: str) -> None:
+def check_limit(value: int, limit: int, field: str, setting: str, *, what: str | None = None) -> None:
+    """422 naming the field (``param``), the value, the limit and the setting that sets it."""
     if value > limit:
-        raise APIError(422, f"{field} is {value}; the limit is {limit} ({setting})", param=field, code="over_limit")
+        raise APIError(
+            422, f"{what or field} is {value}; the limit is {limit} ({setting})", param=field, code="over_limit"
+        )
+
+
+def count_limit(n: int, settings: Settings, field: str) -> None:
+    check_limit(n, settings.max_prompts, field, "max_prompts", what=f"number of {field}")
+
+
+def token_limit(n: int, limit: int, field: str, setting: str) -> None:
+    check_limit(n, limit, field, setting, what=f"{field} length in tokens")
 
 
 def check_decoding_limits(
@@ -66,12 +80,12 @@ def build_params(options: dict[str, Any], *, names: dict[str, str] | None = None
 
 def encode_prompts(served: ServedModel, texts: Sequence[str], settings: Settings, field: str, *, single: bool) -> list[Prompt]:
     """Encode and check each prompt against ``max_prompt_tokens``; errors name ``field[i]``."""
-    check_limit(len(texts), settings.max_prompts, f"number of {field}", "max_prompts")
+    count_limit(len(texts), settings, field)
     prompts = []
     for i, text in enumerate(texts):
         ids = served.pipeline.encode(text)
         name = field if single else f"{field}[{i}]"
-        check_limit(len(ids), settings.max_prompt_tokens, f"{name} (tokens)", "max_prompt_tokens")
+        token_limit(len(ids), settings.max_prompt_tokens, name, "max_prompt_tokens")
         prompts.append(Prompt(text, ids))
     return prompts
 
@@ -104,6 +118,7 @@ def as_api_error(exc: BaseException, settings: Settings) -> APIError:
         return APIError(503, str(exc), code="not_ready", headers={"Retry-After": str(settings.retry_after_s)})
     if isinstance(exc, GenerationFailed):
         return APIError(500, "generation failed", code="internal_error")
+    log.error("request failed: %r", exc)
     return APIError(500, "internal server error", code="internal_error")
 
 

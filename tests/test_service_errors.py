@@ -48,9 +48,9 @@ def post(client: TestClient, path: str = "/v1/generate", **body: object):
 @pytest.mark.parametrize(
     ("body", "param", "words"),
     [
-        ({"prompt": "x" * 33}, "prompt (tokens)", ("33", "32", "max_prompt_tokens")),
-        ({"prompts": ["a", "x" * 40]}, "prompts[1] (tokens)", ("40", "max_prompt_tokens")),
-        ({"prompts": ["a"] * 4}, "number of prompts", ("4", "3", "max_prompts")),
+        ({"prompt": "x" * 33}, "prompt", ("33", "32", "max_prompt_tokens")),
+        ({"prompts": ["a", "x" * 40]}, "prompts[1]", ("40", "max_prompt_tokens")),
+        ({"prompts": ["a"] * 4}, "prompts", ("4", "3", "max_prompts")),
         ({"prompt": "a", "max_new_tokens": 41}, "max_new_tokens", ("41", "40", "max_new_tokens")),
         ({"prompt": "a", "strategy": "beam", "num_beams": 4}, "num_beams", ("4", "3", "max_num_beams")),
         ({"prompt": "a", "strategy": "sample", "num_return_sequences": 3}, "num_return_sequences",
@@ -65,7 +65,7 @@ def test_limits_name_field_and_limit(client: TestClient, body: dict, param: str,
 def test_completions_limits_use_openai_names(client: TestClient) -> None:
     error(post(client, "/v1/completions", prompt="a", max_tokens=41), 422, "max_tokens", "40", "max_new_tokens")
     error(post(client, "/v1/completions", prompt="a", n=3, temperature=0.5), 422, "n", "max_return_sequences")
-    error(post(client, "/v1/completions", prompt=["a"] * 4), 422, "number of prompt", "max_prompts")
+    error(post(client, "/v1/completions", prompt=["a"] * 4), 422, "prompt", "max_prompts")
     error(post(client, "/v1/completions", prompt=[[1, 2], [999]]), 422, "prompt", "999")
     error(post(client, "/v1/completions", prompt=[]), 422, "prompt")
     error(post(client, "/v1/completions", prompt="a", stop=["a", "b", "c", "d", "e"]), 422, "stop")
@@ -75,8 +75,8 @@ def test_completions_limits_use_openai_names(client: TestClient) -> None:
 
 
 def test_perplexity_limits(client: TestClient) -> None:
-    error(post(client, "/v1/perplexity", text="x" * 51), 422, "text (tokens)", "51", "50", "max_score_tokens")
-    error(post(client, "/v1/perplexity", texts=["a"] * 4), 422, "number of texts", "max_prompts")
+    error(post(client, "/v1/perplexity", text="x" * 51), 422, "text", "51", "50", "max_score_tokens")
+    error(post(client, "/v1/perplexity", texts=["a"] * 4), 422, "texts", "max_prompts")
     error(post(client, "/v1/perplexity", text="abc", stride=65), 422, "stride", "stride")
     error(post(client, "/v1/perplexity", text="a", texts=["b"]), 422, "text", "exactly one")
     error(post(client, "/v1/perplexity"), 422, "text", "exactly one")

@@ -25,8 +25,8 @@ from service.generation import (
     Prompt,
     build_params,
     check_decoding_limits,
-    check_limit,
     collect,
+    count_limit,
     encode_prompts,
     events_until_done,
     now,
@@ -34,6 +34,7 @@ from service.generation import (
     sse_error,
     sse_event_schema,
     submit,
+    token_limit,
     token_texts,
 )
 from service.registry import ModelRegistry, ServedModel
@@ -76,11 +77,11 @@ def _prompts(body: CompletionRequest, served: ServedModel, settings: Settings) -
     if isinstance(p[0], str):
         return encode_prompts(served, p, settings, "prompt", single=False)  # type: ignore[arg-type]
     id_lists = [p] if isinstance(p[0], int) else p
-    check_limit(len(id_lists), settings.max_prompts, "number of prompt", "max_prompts")
+    count_limit(len(id_lists), settings, "prompt")
     prompts = []
     for i, ids in enumerate(id_lists):
         ids = list(ids)  # type: ignore[arg-type]
-        check_limit(len(ids), settings.max_prompt_tokens, f"prompt[{i}] (tokens)", "max_prompt_tokens")
+        token_limit(len(ids), settings.max_prompt_tokens, f"prompt[{i}]", "max_prompt_tokens")
         bad = [t for t in ids if not 0 <= t < served.vocab_size]
         if bad:
             raise APIError(422, f"prompt[{i}] has token id {bad[0]} outside [0, {served.vocab_size})",

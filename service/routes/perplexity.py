@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from lm.generate import ParamError
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError
-from service.generation import check_limit, now
+from service.generation import count_limit, now, token_limit
 from service.registry import ServedModel
 from service.schemas.common import finite
 from service.schemas.perplexity import (
@@ -50,13 +50,13 @@ async def perplexity(
     field = "text" if body.text is not None else "texts"
     if not texts:
         raise APIError(422, "texts must not be empty", param="texts", code="invalid_text")
-    check_limit(len(texts), settings.max_prompts, f"number of {field}", "max_prompts")
+    count_limit(len(texts), settings, field)
     served = resolve_model(registry, body.model, settings)
     counts = []
     for i, text in enumerate(texts):
         n = len(served.pipeline.encode(text))
         name = field if body.text is not None else f"{field}[{i}]"
-        check_limit(n, settings.max_score_tokens, f"{name} (tokens)", "max_score_tokens")
+        token_limit(n, settings.max_score_tokens, name, "max_score_tokens")
         counts.append(n)
     request.state.log.update(model=served.name, texts=len(texts), prompt_tokens=sum(counts))
     if settings.log_prompts:
