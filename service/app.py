@@ -35,13 +35,13 @@ Generation (greedy, sampling, beam search), streaming, perplexity scoring and an
 OpenAI-compatible completions endpoint for lmforge checkpoints.
 
 Every error has the body `{"error": {"message", "type", "param", "code"}}`; `param` names the
-field at fault. With `LMFORGE_API_KEY` set, every route but `/health` and the docs needs
+field at fault. With `LMFORGE_API_KEY` set, every route but `/health` needs
 `Authorization: Bearer <key>`.
 """
 
 
 def document_auth(app: FastAPI) -> None:
-    """Declare the bearer scheme in the OpenAPI schema, so /docs offers an Authorize button."""
+    """Declare the bearer scheme in the OpenAPI schema: generated clients and fuzzers then send it."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

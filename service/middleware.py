@@ -23,8 +23,9 @@ access_log = logging.getLogger("lmforge.access")
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
-"""Reachable without the API key: liveness, and the API description (it holds no data)."""
+PUBLIC_PATHS = frozenset({"/health"})
+"""Reachable without the API key: liveness only, so orchestrators can probe it. The docs and the
+OpenAPI schema need the key too (fetch ``/openapi.json`` with the header to read it)."""
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

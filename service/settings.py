@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to bind")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to bind")
     api_key: SecretStr | None = Field(
-        None, description="bearer token every route but /health and the docs requires (env only)"
+        None, description="bearer token every route but /health requires (env only)"
     )
     log_prompts: bool = Field(False, description="include prompt text in the per-request log line")
 

@@ -192,7 +192,7 @@ class TestAuth:
     def test_every_route_but_health_needs_the_key(self, client: TestClient) -> None:
         routes = [("GET", "/v1/models"), ("GET", "/ready"), ("GET", "/metrics"), ("POST", "/v1/generate"),
                   ("POST", "/v1/generate/stream"), ("POST", "/v1/completions"), ("POST", "/v1/perplexity"),
-                  ("GET", "/nonexistent")]
+                  ("GET", "/nonexistent"), ("GET", "/docs"), ("GET", "/openapi.json")]
         for method, path in routes:
             r = client.request(method, path, json={"prompt": "a"})
             err = error(r, 401, None, "API key")
@@ -208,10 +208,11 @@ class TestAuth:
         assert client.get("/metrics", headers=h).status_code == 200
         r = client.post("/v1/generate", json={"prompt": "a", "max_new_tokens": 2}, headers=h)
         assert r.status_code == 200
-        assert client.get("/openapi.json").status_code == 200  # the API description is public
+        assert client.get("/openapi.json", headers=h).status_code == 200
+        assert client.get("/docs", headers=h).status_code == 200
 
     def test_the_schema_declares_the_bearer_scheme(self, client: TestClient) -> None:
-        schema = client.get("/openapi.json").json()
+        schema = client.get("/openapi.json", headers={"Authorization": f"Bearer {self.KEY}"}).json()
         assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
         assert schema["paths"]["/v1/generate"]["post"]["security"] == [{"bearer": []}]
         assert schema["paths"]["/health"]["get"]["security"] == []

@@ -47,7 +47,7 @@ def _app():  # type: ignore[no-untyped-def]
     return create_app(test_settings(root, api_key=KEY, **LIMITS))
 
 
-schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
+schema = schemathesis.openapi.from_asgi("/openapi.json", _app(), headers={"Authorization": f"Bearer {KEY}"})
 
 
 @schema.parametrize()
