@@ -64,6 +64,9 @@ class RowBatch:
         """``[rows, V]`` bool, the tokens each row has seen; kept only once a row needs it."""
         self.version = 0
         """Bumped whenever the rows change, so per-composition tensors know to rebuild."""
+        self.pending: Tensor | None = None
+        """``[rows]`` each row's last token as a tensor, if the caller has it (saves building
+        the next input from Python lists)."""
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.joining)
@@ -85,8 +88,13 @@ class RowBatch:
 
         logits, states = [], []
         if decode:
-            state = self.state if len(decode) == len(rows) else self.state.select(self._index(decode))
-            last = torch.tensor([[rows[i].tokens[-1]] for i in decode], device=self.device)  # [B, 1]
+            if len(decode) == len(rows):
+                state = self.state
+                last = self.pending[:, None] if self.pending is not None else None
+            else:
+                state, last = self.state.select(self._index(decode)), None
+            if last is None:
+                last = torch.tensor([[rows[i].tokens[-1]] for i in decode], device=self.device)  # [B, 1]
             out, state = self.model(last, state)
             logits.append(out[:, -1])
             states.append(state)
@@ -107,21 +115,30 @@ class RowBatch:
             self.version += 1
         else:
             self.state = states[0]
+        self.pending = None
         return logits[0] if len(logits) == 1 else torch.cat(logits)
 
     def keep(self, index: list[int], rows: list[Row] | None = None) -> None:
         """Keep, reorder or duplicate rows: the new row ``j`` continues old row ``index[j]``
         (``rows`` gives the new Row objects, e.g. beams forked from their parents)."""
+        before = len(self.rows)
+        same_rows = rows is None
         self.rows = rows if rows is not None else [self.rows[i] for i in index]
         self.version += 1
         if not index:
-            self.state, self.seen = None, None
+            self.state, self.seen, self.pending = None, None, None
             return
-        if index != list(range(len(index))) or len(index) != self.state.batch_size:
-            idx = self._index(index)
-            self.state = self.state.select(idx).compact()
-            if self.seen is not None:
-                self.seen = self.seen.index_select(0, idx)
+        if index == list(range(before)):
+            if not same_rows:
+                self.pending = None
+            return
+        idx = self._index(index)
+        self.state = self.state.select(idx)
+        if len(index) < before:  # rows left: maybe slots nobody uses any more
+            self.state = self.state.compact()
+        if self.seen is not None:
+            self.seen = self.seen.index_select(0, idx)
+        self.pending = self.pending.index_select(0, idx) if same_rows and self.pending is not None else None
 
     def drop(self, request: Request) -> None:
         """Remove every row of ``request`` (a cancelled request)."""

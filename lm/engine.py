@@ -22,6 +22,7 @@ import logging
 import random
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from numbers import Integral
 
 import torch
 from torch import nn
@@ -96,9 +97,10 @@ class DecodeSession:
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already active")
         vocab = self.tokenizer.vocab_size
-        bad = [t for t in prompt_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        bad = [t for t in prompt_ids if isinstance(t, bool) or not isinstance(t, Integral) or not 0 <= t < vocab]
         if bad:
             raise ParamError("prompt", f"prompt token ids must be integers in [0, {vocab}), got {bad[0]!r}")
+        prompt_ids = [int(t) for t in prompt_ids]
         if params.rows > self.max_batch_rows:
             name = "num_beams" if params.strategy == "beam" else "num_return_sequences"
             raise ParamError(name, f"{name} must be <= {self.max_batch_rows} (max_batch_rows), "
@@ -136,9 +138,14 @@ class DecodeSession:
 
     def _admit(self) -> None:
         """Move waiting requests into the batches while rows are free (first come, first served)."""
-        while self._waiting and self.rows + self._waiting[0].params.rows <= self.max_batch_rows:
+        # A beam request holds one row until its first step forks it: count the rows it will use.
+        occupied = len(self._sampled) + sum(
+            r.params.num_beams for r in self._requests.values() if r.params.strategy == "beam" and r not in self._waiting)
+        while self._waiting and occupied + self._waiting[0].params.rows <= self.max_batch_rows:
             request = self._waiting.pop(0)
             params = request.params
+            occupied += params.rows
+            log.debug("admitting request %r (%s, %d rows)", request.id, params.strategy, params.rows)
             if params.max_new_tokens == 0:
                 request.open_rows = params.num_return_sequences
                 for index in range(params.num_return_sequences):
@@ -182,8 +189,10 @@ class DecodeSession:
             uniforms = torch.tensor([r.rng.random() if s else 0.0 for r, s in zip(rows, sampler.sampled, strict=True)],
                                     dtype=torch.float64, device=self.device)
         tokens = sampler.choose(logits, uniforms)
-        logprobs = logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(-1)
+        # One fused log-softmax pass (cheaper than logsumexp's several) for the chosen tokens.
+        logprobs = logits.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
         batch.mark_seen(tokens)
+        batch.pending = tokens
 
         events: list[Event] = []
         keep: list[int] = []

@@ -8,7 +8,9 @@ of HF's logits processors):
    log-probabilities and beam scores include them: ``repetition_penalty``, then banned tokens
    (``banned_ngram_tokens`` -> ``ban``);
 2. shapers, which only change how a token is drawn: ``temperature``, ``top_k``, ``top_p``,
-   ``min_p``;
+   ``min_p``. ``top_k`` and ``top_p`` work on candidates sorted once, most likely first: when
+   every sampled row has a ``top_k``, only the best ``max(k)`` candidates are kept (a ``topk``
+   instead of sorting the vocabulary);
 3. ``draw``: inverse-CDF sampling with one uniform number per row, so each request's
    randomness comes from its own generator and does not depend on its batch-mates.
 """
@@ -63,27 +65,20 @@ def temperature(logits: Tensor, t: Tensor) -> Tensor:
     return logits / t
 
 
-def top_k(logits: Tensor, k: Tensor) -> Tensor:
-    """Keep each row's ``k`` most likely tokens (``k`` ``[B]``; 0 or >= V keeps all)."""
-    V = logits.shape[-1]
-    active = (k > 0) & (k < V)
-    if not bool(active.any()):
-        return logits
-    k = torch.where(active, k, 1)
-    kth = logits.topk(int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])  # [B, 1]
-    kth = kth.masked_fill(~active[:, None], NEG_INF)
-    return logits.masked_fill(logits < kth, NEG_INF)
+def top_k(sorted_logits: Tensor, k: Tensor) -> Tensor:
+    """Keep each row's ``k`` most likely tokens (``k`` ``[B, 1]``; 0 keeps all). Columns are
+    sorted most likely first, so this is a mask on positions."""
+    position = torch.arange(sorted_logits.shape[-1], device=sorted_logits.device)
+    return sorted_logits.masked_fill((position >= k) & (k > 0), NEG_INF)
 
 
-def top_p(logits: Tensor, p: Tensor) -> Tensor:
+def top_p(sorted_logits: Tensor, p: Tensor) -> Tensor:
     """Nucleus sampling (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
-    probability reaches ``p`` ``[B, 1]``; rows with p == 1 are left alone."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probability reaches ``p`` ``[B, 1]``; rows with p == 1 are left alone. Columns are sorted
+    most likely first."""
     probs = sorted_logits.softmax(-1)
     before = probs.cumsum(-1) - probs  # mass of the more likely tokens
-    drop_sorted = (before >= p) & (p < 1)  # the most likely token always stays (before == 0)
-    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-    return logits.masked_fill(drop, NEG_INF)
+    return sorted_logits.masked_fill((before >= p) & (p < 1), NEG_INF)  # the best token stays: before == 0
 
 
 def min_p(logits: Tensor, m: Tensor) -> Tensor:
@@ -119,16 +114,18 @@ class RowSampler:
         self.any_ngram = any(self.ngram)
         if self.any_sampled:
             # Greedy rows in a mixed batch get neutral settings; their draw is replaced by argmax.
+            sampled = [p for p, s in zip(params, self.sampled, strict=True) if s]
             self.is_sampled = torch.tensor(self.sampled, device=device)
             self.temperature = col([p.temperature if s else 1.0 for p, s in zip(params, self.sampled, strict=True)])
-            self.any_temperature = any(p.temperature != 1.0 for p, s in zip(params, self.sampled, strict=True) if s)
-            self.top_k = torch.tensor([p.top_k if s else 0 for p, s in zip(params, self.sampled, strict=True)],
-                                      dtype=torch.long, device=device)
-            self.any_top_k = bool(self.top_k.any())
+            self.any_temperature = any(p.temperature != 1.0 for p in sampled)
+            self.top_k = col([p.top_k if s else 0 for p, s in zip(params, self.sampled, strict=True)])
+            self.any_top_k = any(p.top_k for p in sampled)
+            # With a top_k on every sampled row, the candidates are the best max_top_k tokens.
+            self.max_top_k = max(p.top_k for p in sampled) if all(p.top_k for p in sampled) else 0
             self.top_p = col([p.top_p if s else 1.0 for p, s in zip(params, self.sampled, strict=True)])
-            self.any_top_p = any(p.top_p < 1.0 for p, s in zip(params, self.sampled, strict=True) if s)
+            self.any_top_p = any(p.top_p < 1.0 for p in sampled)
             self.min_p = col([p.min_p if s else 0.0 for p, s in zip(params, self.sampled, strict=True)])
-            self.any_min_p = any(p.min_p > 0.0 for p, s in zip(params, self.sampled, strict=True) if s)
+            self.any_min_p = any(p.min_p > 0.0 for p in sampled)
 
     def constrain(self, logits: Tensor, seen: Tensor | None, histories: Sequence[Sequence[int]]) -> Tensor:
         """Apply the constraints (repetition penalty, no-repeat n-grams) to float logits."""
@@ -150,9 +147,13 @@ class RowSampler:
         best = logits.argmax(-1)
         if not self.any_sampled:
             return best
-        shaped = logits
-        if self.any_temperature:
-            shaped = temperature(shaped, self.temperature)
+        shaped = temperature(logits, self.temperature) if self.any_temperature else logits
+        V = shaped.shape[-1]
+        ids = None  # candidate column -> token id, once candidates are sorted
+        if 0 < self.max_top_k < V:
+            shaped, ids = shaped.topk(self.max_top_k, dim=-1)  # [B, k], most likely first
+        elif self.any_top_k or self.any_top_p:
+            shaped, ids = shaped.sort(dim=-1, descending=True)
         if self.any_top_k:
             shaped = top_k(shaped, self.top_k)
         if self.any_top_p:
@@ -161,4 +162,8 @@ class RowSampler:
             shaped = min_p(shaped, self.min_p)
         if uniforms is None:
             raise ValueError("sampled rows need one uniform number per row")
+        if ids is not None:
+            # Draw in vocabulary order whatever the candidates were, so a row's token does not
+            # depend on what its batch-mates asked for.
+            shaped = torch.full_like(logits, NEG_INF).scatter_(1, ids, shaped)
         return torch.where(self.is_sampled, draw(shaped, uniforms), best)

@@ -195,3 +195,17 @@ def test_stream_cut_mid_character_and_stop_across_bytes():
     # Beam search reports the same text.
     [[b]] = pipe.generate(["a"], GenerationParams(strategy="beam", num_beams=2, max_new_tokens=100, stop=("中ü",)))
     assert b.text == "ab😀c" and b.finish_reason == "stop" and b.token_ids == c.token_ids
+
+
+def test_beam_requests_reserve_their_beams():
+    """A beam request starts as one row; admission still counts the rows its beams will take."""
+    model = tiny("transformer")
+    session = DecodeSession(model, TOK, max_batch_rows=8)
+    params = GenerationParams(strategy="beam", num_beams=4, max_new_tokens=6)
+    for rid in range(3):
+        session.add(rid, TOK.encode("ab"), params)
+    peak = 0
+    while session.active:
+        session.step()
+        peak = max(peak, session.rows)
+    assert peak == 8

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lm.generate import GenerationParams, ParamError
-from lm.sampling import banned_ngram_tokens, draw, min_p, repetition_penalty, top_k, top_p
+from lm.sampling import (
+    RowSampler,
+    banned_ngram_tokens,
+    draw,
+    min_p,
+    repetition_penalty,
+    top_k,
+    top_p,
+)
 from lm.streaming import TextStream
 from tokenizer import CharTokenizer
 
@@ -18,10 +26,10 @@ NEG = float("-inf")
 
 
 def test_top_k_per_row():
-    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0], [1.0, 4.0, 3.0, 2.0], [1.0, 4.0, 3.0, 2.0]])
-    out = top_k(logits, torch.tensor([2, 0, 9]))  # 0 and > V keep everything
-    assert out[0].tolist() == [NEG, 4.0, 3.0, NEG]
-    assert out[1].tolist() == out[2].tolist() == logits[0].tolist()
+    sorted_logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]] * 3)  # transforms see candidates best first
+    out = top_k(sorted_logits, torch.tensor([[2], [0], [9]]))  # 0 and > V keep everything
+    assert out[0].tolist() == [4.0, 3.0, NEG, NEG]
+    assert out[1].tolist() == out[2].tolist() == sorted_logits[0].tolist()
 
 
 def test_top_p_keeps_smallest_set_reaching_p():
@@ -34,6 +42,26 @@ def test_top_p_keeps_smallest_set_reaching_p():
     ]
     tiny = top_p(probs.log(), torch.tensor([[1e-6]] * 3))
     assert torch.isfinite(tiny).sum(1).tolist() == [1, 1, 1]  # the best token always stays
+
+
+def test_sampler_keeps_only_allowed_tokens_and_mixes_rows():
+    """A batch mixing greedy rows, top-k rows and top-p rows: every drawn token is allowed by
+    its own row's settings, and greedy rows get the argmax."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    params = [GenerationParams(strategy="sample", top_k=3), GenerationParams(),
+              GenerationParams(strategy="sample", top_p=0.5), GenerationParams(strategy="sample", top_k=2, min_p=0.5)]
+    sampler = RowSampler(params, torch.device("cpu"))
+    order = logits.argsort(-1, descending=True)
+    probs = logits.softmax(-1)
+    nucleus = int((probs.sort(descending=True).values.cumsum(-1) < 0.5).sum()) + 1
+    for seed in range(30):
+        rng = random.Random(seed)
+        tokens = sampler.choose(logits, torch.tensor([rng.random() for _ in params], dtype=torch.float64))
+        assert int(tokens[0]) in order[0, :3].tolist()
+        assert int(tokens[1]) == int(logits[1].argmax())
+        assert int(tokens[2]) in order[2, :nucleus].tolist()
+        assert int(tokens[3]) in order[3, :2].tolist()
 
 
 def test_min_p_is_relative_to_the_best_token():

@@ -1,0 +1,210 @@
+"""Decoding and scoring throughput, side by side with HuggingFace transformers.
+
+    python bench/decode.py [--repeats 3] [--new-tokens 256] [--skip-hf] [--threads N]
+
+Random weights, vocabulary 10,000, a short (8-token) prompt and ``--new-tokens`` new tokens with
+end-of-sequence disabled, so every run does the same work. Our Transformer is set up as GPT-2
+(learned positions, biases, tied embeddings, tanh GELU) and HF's ``GPT2LMHeadModel`` gets the same
+dimensions; its ``generate`` runs with the same settings (greedy; sampling with temperature 1,
+top_k 50, top_p 0.95; beam 4). tokens/s counts the tokens returned: batch x new tokens (beam:
+the best hypothesis' new tokens). Our figure includes detokenization (a 10,000-entry character
+tokenizer), which HF's ``generate`` does not do. Scoring is tokens/s over disjoint 256-token
+windows in batches of 16: ours through ``lm.score`` (fp32, and bf16 with its perplexity
+difference), HF's as a forward with ``labels`` (its loss). Each figure is the best of
+``--repeats`` runs after a warm-up: the machine is shared, and the best run is the one least
+disturbed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+# Run as a script, this directory comes first on sys.path, and bench/tokenizer.py would shadow
+# the ``tokenizer`` package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from lm.config import RNNConfig, TransformerConfig  # noqa: E402
+from lm.generate import GenerationParams, generate  # noqa: E402
+from lm.models import build_model  # noqa: E402
+from lm.score import score_ids  # noqa: E402
+from tokenizer import CharTokenizer  # noqa: E402
+
+VOCAB = 10_000
+PROMPT = 8
+CONTEXT = 512
+SCORE_WINDOW = 256
+SCORE_BATCH = 16
+SCORE_TOKENS = SCORE_WINDOW * SCORE_BATCH * 4
+
+MODES = {
+    "greedy b1": (1, dict(strategy="greedy")),
+    "greedy b8": (8, dict(strategy="greedy")),
+    "sample b1": (1, dict(strategy="sample", temperature=1.0, top_k=50, top_p=0.95, seed=0)),
+    "beam4 b1": (1, dict(strategy="beam", num_beams=4, early_stopping=True)),
+}
+
+
+def best_times(fns: list[Callable[[], object] | None], repeats: int) -> list[float | None]:
+    """Best wall time of each function over ``repeats`` runs after a warm-up, taking turns so
+    that a burst of load elsewhere on the machine hits all of them alike."""
+    for fn in fns:
+        if fn is not None:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            if fn is not None:
+                start = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - start)
+    return [min(ts) if ts else None for ts in times]
+
+
+def char_tokenizer() -> CharTokenizer:
+    """A character tokenizer with exactly ``VOCAB`` ids (4 specials, 256 bytes, CJK characters)."""
+    return CharTokenizer([chr(0x4E00 + i) for i in range(VOCAB - 260)])
+
+
+def ours_transformer(n_layer: int, n_head: int, n_embd: int, block_size: int = CONTEXT) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab_size=VOCAB, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                            pos_emb="learned", bias=True)
+    return build_model(cfg).eval()
+
+
+def hf_gpt2(n_layer: int, n_head: int, n_embd: int, n_positions: int = CONTEXT) -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=n_positions, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def prompts(batch: int) -> torch.Tensor:
+    return torch.randint(260, VOCAB, (batch, PROMPT), generator=torch.Generator().manual_seed(1))
+
+
+def ours_decode(model, tok, batch: int, mode: dict, new: int) -> Callable[[], object]:
+    ids = prompts(batch).tolist()
+    params = GenerationParams(max_new_tokens=new, stop_at_eos=False, **mode)
+
+    def run() -> None:
+        out = generate(model, tok, ids, params)
+        assert all(len(c[0].token_ids) == new for c in out)
+
+    return run
+
+
+def hf_decode(model, batch: int, mode: dict, new: int) -> Callable[[], object]:
+    from transformers import GenerationConfig
+
+    ids = prompts(batch)
+    kw: dict = dict(max_new_tokens=new, min_new_tokens=new, pad_token_id=0, eos_token_id=0, use_cache=True)
+    if mode["strategy"] == "sample":
+        kw.update(do_sample=True, temperature=1.0, top_k=50, top_p=0.95)
+    elif mode["strategy"] == "beam":
+        kw.update(do_sample=False, num_beams=4, early_stopping=True)
+    else:
+        kw.update(do_sample=False)
+    config = GenerationConfig(**kw)
+
+    def run() -> None:
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        assert out.shape[1] == PROMPT + new
+
+    return run
+
+
+def score_data() -> list[list[int]]:
+    g = torch.Generator().manual_seed(2)
+    return [torch.randint(4, VOCAB, (SCORE_TOKENS,), generator=g).tolist()]
+
+
+def ours_score(model, data, result: dict) -> Callable[[], object]:
+    """Scores ``data``; leaves the perplexity in ``result['ppl']``."""
+
+    def run() -> None:
+        [nll] = score_ids(model, data, context_id=3, batch_size=SCORE_BATCH)
+        result["ppl"] = math.exp(float(nll.mean()))
+
+    return run
+
+
+def hf_score(model, data) -> Callable[[], object]:
+    """HF's idiomatic perplexity forward: ``model(ids, labels=ids)`` (it shifts the labels)."""
+    x = torch.tensor(data[0]).view(-1, SCORE_WINDOW)
+
+    def run() -> None:
+        with torch.inference_mode():
+            for b in range(0, len(x), SCORE_BATCH):
+                model(x[b : b + SCORE_BATCH], labels=x[b : b + SCORE_BATCH])
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--skip-hf", action="store_true", help="only measure lmforge")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    new, repeats = args.new_tokens, args.repeats
+    tok = char_tokenizer()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {new} new tokens, best of {repeats}")
+    print(f"{'model':<22} {'mode':<10} {'lmforge tok/s':>14} {'HF tok/s':>10} {'ratio':>7}")
+
+    def row(name: str, mode: str, ours: float, theirs: float | None) -> None:
+        ratio = f"{ours / theirs:6.2f}x" if theirs else "      -"
+        hf = f"{theirs:10.0f}" if theirs else f"{'-':>10}"
+        print(f"{name:<22} {mode:<10} {ours:14.0f} {hf} {ratio}", flush=True)
+
+    for dims in ((4, 4, 128), (6, 6, 384)):
+        name = "transformer {}x{}x{}".format(*dims)
+        ours_model = ours_transformer(*dims)
+        hf_model = None if args.skip_hf else hf_gpt2(*dims)
+        for mode, (batch, kw) in MODES.items():
+            ours = ours_decode(ours_model, tok, batch, kw, new)
+            theirs = None if hf_model is None else hf_decode(hf_model, batch, kw, new)
+            t_ours, t_hf = best_times([ours, theirs], repeats)
+            row(name, mode, batch * new / t_ours, batch * new / t_hf if t_hf else None)
+
+    torch.manual_seed(0)
+    lstm = build_model(RNNConfig(vocab_size=VOCAB, cell="lstm", n_embd=200, n_hidden=200, n_layer=2)).eval()
+    for mode, (batch, kw) in MODES.items():
+        [t] = best_times([ours_decode(lstm, tok, batch, kw, new)], repeats)
+        row("lstm 2x200", mode, batch * new / t, None)
+
+    data = score_data()
+    print(f"\nscoring: {SCORE_TOKENS} tokens, {SCORE_WINDOW}-token windows, batch {SCORE_BATCH}")
+    print(f"{'model':<22} {'lmforge fp32':>13} {'lmforge bf16':>13} {'HF fp32':>10} {'ratio fp32':>11} "
+          f"{'bf16 ppl diff':>14}")
+    for dims in ((4, 4, 128), (6, 6, 384)):
+        name = "transformer {}x{}x{}".format(*dims)
+        model = ours_transformer(*dims, block_size=SCORE_WINDOW)
+        bf16_model = ours_transformer(*dims, block_size=SCORE_WINDOW).to(torch.bfloat16)
+        hf = None if args.skip_hf else hf_score(hf_gpt2(*dims, n_positions=SCORE_WINDOW), data)
+        r32: dict = {}
+        r16: dict = {}
+        t32, t16, thf = best_times([ours_score(model, data, r32), ours_score(bf16_model, data, r16), hf], repeats)
+        fp32, bf16 = SCORE_TOKENS / t32, SCORE_TOKENS / t16
+        ratio = f"{thf / t32:10.2f}x" if thf else f"{'-':>11}"
+        theirs = f"{SCORE_TOKENS / thf:10.0f}" if thf else f"{'-':>10}"
+        diff = 100 * (r16["ppl"] - r32["ppl"]) / r32["ppl"]
+        print(f"{name:<22} {fp32:13.0f} {bf16:13.0f} {theirs} {ratio} {diff:13.3f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()
