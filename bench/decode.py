@@ -1,18 +1,21 @@
 """Decoding and scoring throughput, side by side with HuggingFace transformers.
 
-    python bench/decode.py [--repeats 3] [--new-tokens 256] [--skip-hf] [--threads N]
+    python bench/decode.py [--repeats 3] [--new-tokens 256] [--skip-hf] [--threads N] [--clock cpu]
 
 Random weights, vocabulary 10,000, a short (8-token) prompt and ``--new-tokens`` new tokens with
 end-of-sequence disabled, so every run does the same work. Our Transformer is set up as GPT-2
-(learned positions, biases, tied embeddings, tanh GELU) and HF's ``GPT2LMHeadModel`` gets the same
-dimensions; its ``generate`` runs with the same settings (greedy; sampling with temperature 1,
-top_k 50, top_p 0.95; beam 4). tokens/s counts the tokens returned: batch x new tokens (beam:
-the best hypothesis' new tokens). Our figure includes detokenization (a 10,000-entry character
+(learned positions, biases, tied embeddings, tanh GELU) and prepared as ``Pipeline`` prepares a
+loaded checkpoint (``prepare_for_inference``); HF's ``GPT2LMHeadModel`` gets the same dimensions
+and its ``generate`` the same settings (greedy; sampling with temperature 1, top_k 50, top_p
+0.95; beam 4). tokens/s counts the tokens returned: batch x new tokens (beam: the best
+hypothesis' new tokens). Our figure includes detokenization (a 10,000-entry character
 tokenizer), which HF's ``generate`` does not do. Scoring is tokens/s over disjoint 256-token
 windows in batches of 16: ours through ``lm.score`` (fp32, and bf16 with its perplexity
-difference), HF's as a forward with ``labels`` (its loss). Each figure is the best of
-``--repeats`` runs after a warm-up: the machine is shared, and the best run is the one least
-disturbed.
+difference), HF's as a forward with ``labels`` (its loss).
+
+Each figure is the best of ``--repeats`` runs after a warm-up, ours and HF's taking turns, so a
+burst of load elsewhere hits both alike. On a busy shared machine wall time mostly measures the
+neighbours: ``--threads 1 --clock cpu`` measures the process's own CPU time instead.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 from lm.config import RNNConfig, TransformerConfig  # noqa: E402
 from lm.generate import GenerationParams, generate  # noqa: E402
 from lm.models import build_model  # noqa: E402
+from lm.pipeline import prepare_for_inference  # noqa: E402
 from lm.score import score_ids  # noqa: E402
 from tokenizer import CharTokenizer  # noqa: E402
 
@@ -52,9 +56,12 @@ MODES = {
 }
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def best_times(fns: list[Callable[[], object] | None], repeats: int) -> list[float | None]:
-    """Best wall time of each function over ``repeats`` runs after a warm-up, taking turns so
-    that a burst of load elsewhere on the machine hits all of them alike."""
+    """Best time of each function over ``repeats`` runs after a warm-up, taking turns."""
     for fn in fns:
         if fn is not None:
             fn()
@@ -62,9 +69,9 @@ def best_times(fns: list[Callable[[], object] | None], repeats: int) -> list[flo
     for _ in range(repeats):
         for fn, ts in zip(fns, times, strict=True):
             if fn is not None:
-                start = time.perf_counter()
+                start = clock()
                 fn()
-                ts.append(time.perf_counter() - start)
+                ts.append(clock() - start)
     return [min(ts) if ts else None for ts in times]
 
 
@@ -77,7 +84,7 @@ def ours_transformer(n_layer: int, n_head: int, n_embd: int, block_size: int = C
     torch.manual_seed(0)
     cfg = TransformerConfig(vocab_size=VOCAB, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                             pos_emb="learned", bias=True)
-    return build_model(cfg).eval()
+    return prepare_for_inference(build_model(cfg))
 
 
 def hf_gpt2(n_layer: int, n_head: int, n_embd: int, n_positions: int = CONTEXT) -> torch.nn.Module:
@@ -158,12 +165,16 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--skip-hf", action="store_true", help="only measure lmforge")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall time, or this process's CPU time")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     new, repeats = args.new_tokens, args.repeats
     tok = char_tokenizer()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {new} new tokens, best of {repeats}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {new} new tokens, best of {repeats} "
+          f"({args.clock} time)")
     print(f"{'model':<22} {'mode':<10} {'lmforge tok/s':>14} {'HF tok/s':>10} {'ratio':>7}")
 
     def row(name: str, mode: str, ours: float, theirs: float | None) -> None:
@@ -182,7 +193,8 @@ def main() -> None:
             row(name, mode, batch * new / t_ours, batch * new / t_hf if t_hf else None)
 
     torch.manual_seed(0)
-    lstm = build_model(RNNConfig(vocab_size=VOCAB, cell="lstm", n_embd=200, n_hidden=200, n_layer=2)).eval()
+    lstm = prepare_for_inference(build_model(RNNConfig(vocab_size=VOCAB, cell="lstm", n_embd=200, n_hidden=200,
+                                                        n_layer=2)))
     for mode, (batch, kw) in MODES.items():
         [t] = best_times([ours_decode(lstm, tok, batch, kw, new)], repeats)
         row("lstm 2x200", mode, batch * new / t, None)

@@ -20,13 +20,31 @@ from lm.score import ScoreResult, score_texts
 log = logging.getLogger(__name__)
 
 
+def prepare_for_inference(model: nn.Module) -> nn.Module:
+    """Put ``model`` in eval mode with its ``nn.Linear`` weights stored column-major.
+
+    ``F.linear(x, W)`` multiplies by ``W.T``; with ``W`` stored row-major (PyTorch's default)
+    that is a transposed GEMM/GEMV, which on CPU runs about twice as slow as the same product
+    with ``W.T`` contiguous when the batch is small -- exactly the decode case (one token per
+    row per step). Storing ``W`` as the transpose of a contiguous ``[in, out]`` matrix keeps its
+    shape and values (HF's GPT-2 keeps its weights that way too). Decoding ran 1.3-1.6x faster
+    per step in ``bench/decode.py``; large-batch scoring is unaffected. For inference only:
+    safetensors refuses to save non-contiguous tensors, so save a model before, not after.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.weight.is_contiguous():
+                module.weight.data = module.weight.data.t().contiguous().t()
+    return model.eval()
+
+
 class Pipeline:
     """A loaded checkpoint ready to generate and score."""
 
     def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, *, name: str = "model",
                  device: torch.device | None = None) -> None:
         self.name = name
-        self.model = model.eval()
+        self.model = prepare_for_inference(model)
         self.tokenizer = tokenizer
         self.config = config
         self.device = device if device is not None else next(model.parameters()).device
