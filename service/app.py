@@ -25,7 +25,7 @@ from service.middleware import (
     RequestContextMiddleware,
 )
 from service.registry import ModelRegistry
-from service.routes import completions, generate, health, models, perplexity
+from service.routes import completions, generate, health, models, perplexity, playground
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ Generation (greedy, sampling, beam search), streaming, perplexity scoring and an
 OpenAI-compatible completions endpoint for lmforge checkpoints.
 
 Every error has the body `{"error": {"message", "type", "param", "code"}}`; `param` names the
-field at fault. With `LMFORGE_API_KEY` set, every route but `/health` needs
-`Authorization: Bearer <key>`.
+field at fault. With `LMFORGE_API_KEY` set, every route but `/health` and the playground page
+(`GET /`, which asks for the key itself) needs `Authorization: Bearer <key>`.
 """
 
 
@@ -94,7 +94,7 @@ def create_app(
         request.state.log["disconnected"] = True
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
-    for module in (generate, completions, perplexity, models, health):
+    for module in (generate, completions, perplexity, models, health, playground):
         app.include_router(module.router)
 
     if settings.api_key is not None:

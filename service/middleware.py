@@ -23,9 +23,10 @@ access_log = logging.getLogger("lmforge.access")
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-PUBLIC_PATHS = frozenset({"/health"})
-"""Reachable without the API key: liveness only, so orchestrators can probe it. The docs and the
-OpenAPI schema need the key too (fetch ``/openapi.json`` with the header to read it)."""
+PUBLIC_PATHS = frozenset({"/health", "/"})
+"""Reachable without the API key: liveness, so orchestrators can probe it, and the playground page
+(``/``), which holds no data and asks the visitor for the key it then sends with its API calls.
+The docs and the OpenAPI schema need the key too (fetch ``/openapi.json`` with the header)."""
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
