@@ -1,6 +1,7 @@
 """Decoding and scoring throughput, side by side with HuggingFace transformers.
 
     python bench/decode.py [--repeats 3] [--new-tokens 256] [--skip-hf] [--threads N] [--clock cpu]
+                           [--checkpoint checkpoints/shakespeare-char --text FILE]
 
 Random weights, vocabulary 10,000, a short (8-token) prompt and ``--new-tokens`` new tokens with
 end-of-sequence disabled, so every run does the same work. Our Transformer is set up as GPT-2
@@ -11,7 +12,9 @@ and its ``generate`` the same settings (greedy; sampling with temperature 1, top
 hypothesis' new tokens). Our figure includes detokenization (a 10,000-entry character
 tokenizer), which HF's ``generate`` does not do. Scoring is tokens/s over disjoint 256-token
 windows in batches of 16: ours through ``lm.score`` (fp32, and bf16 with its perplexity
-difference), HF's as a forward with ``labels`` (its loss).
+difference), HF's as a forward with ``labels`` (its loss). A random model's distribution is
+nearly uniform, which hides what bf16 costs; ``--checkpoint``/``--text`` adds the bf16 vs fp32
+perplexity of a trained checkpoint on real text.
 
 Each figure is the best of ``--repeats`` runs after a warm-up, ours and HF's taking turns, so a
 burst of load elsewhere hits both alike. On a busy shared machine wall time mostly measures the
@@ -37,7 +40,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 from lm.config import RNNConfig, TransformerConfig  # noqa: E402
 from lm.generate import GenerationParams, generate  # noqa: E402
 from lm.models import build_model  # noqa: E402
-from lm.pipeline import prepare_for_inference  # noqa: E402
+from lm.pipeline import Pipeline, prepare_for_inference  # noqa: E402
 from lm.score import score_ids  # noqa: E402
 from tokenizer import CharTokenizer  # noqa: E402
 
@@ -166,6 +169,8 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true", help="only measure lmforge")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall time, or this process's CPU time")
+    parser.add_argument("--checkpoint", help="also score --text with this checkpoint in fp32 and bf16")
+    parser.add_argument("--text", help="UTF-8 text file for --checkpoint")
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
@@ -216,6 +221,28 @@ def main() -> None:
         theirs = f"{SCORE_TOKENS / thf:10.0f}" if thf else f"{'-':>10}"
         diff = 100 * (r16["ppl"] - r32["ppl"]) / r32["ppl"]
         print(f"{name:<22} {fp32:13.0f} {bf16:13.0f} {theirs} {ratio} {diff:13.3f}%", flush=True)
+
+    if args.checkpoint and args.text:
+        score_checkpoint(args.checkpoint, args.text, repeats)
+
+
+def score_checkpoint(path: str, text_file: str, repeats: int) -> None:
+    """fp32 vs bf16 perplexity and speed of a trained checkpoint on a real text."""
+    with open(text_file, encoding="utf-8") as fh:
+        text = fh.read()
+    results: dict[str, tuple[float, float]] = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        pipe = Pipeline.from_checkpoint(path, dtype=dtype)
+        out: dict = {}
+
+        def run(pipe: Pipeline = pipe, out: dict = out) -> None:
+            out["r"] = pipe.score([text])[0]
+
+        [t] = best_times([run], repeats)
+        results[name] = (out["r"].perplexity, out["r"].tokens / t)
+    (p32, s32), (p16, s16) = results["fp32"], results["bf16"]
+    print(f"\n{path} on {text_file}: perplexity fp32 {p32:.4f}, bf16 {p16:.4f} "
+          f"({100 * (p16 - p32) / p32:+.3f}%); tokens/s fp32 {s32:.0f}, bf16 {s16:.0f}")
 
 
 if __name__ == "__main__":

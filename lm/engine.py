@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lm.batch import Row, RowBatch
-from lm.beam import BeamSearch
+from lm.beam import BeamSearch, Hypothesis
 from lm.params import Completion, Event, FinishEvent, GenerationParams, ParamError, TokenEvent
 from lm.sampling import RowSampler
 from lm.streaming import TextStream
@@ -49,7 +49,7 @@ class Request:
     prompt_tokens: int
     context: list[int]
     open_rows: int = 0
-    hypotheses: list = field(default_factory=list)
+    hypotheses: list[Hypothesis] = field(default_factory=list)
     """Beam search: finished hypotheses, best first."""
 
 
@@ -146,24 +146,21 @@ class DecodeSession:
             params = request.params
             occupied += params.rows
             log.debug("admitting request %r (%s, %d rows)", request.id, params.strategy, params.rows)
+            request.open_rows = params.num_return_sequences
             if params.max_new_tokens == 0:
-                request.open_rows = params.num_return_sequences
                 for index in range(params.num_return_sequences):
                     event = FinishEvent(request.id, index, Completion("", [], [], 0.0, "length", request.prompt_tokens))
                     self._done.append(event)
                     self._finish(event)
-                continue
-            if params.strategy == "beam":
-                request.open_rows = params.num_return_sequences
+            elif params.strategy == "beam":
                 self._beams.admit(request)
-                continue
-            request.open_rows = params.num_return_sequences
-            self._sampled.join([
-                Row(request, index, list(request.context),
-                    stream=TextStream(self.tokenizer, request.context, params.stop),
-                    rng=random.Random(f"{params.seed}/{index}") if params.seed is not None else random.Random())
-                for index in range(params.num_return_sequences)
-            ])
+            else:
+                self._sampled.join([
+                    Row(request, index, list(request.context),
+                        stream=TextStream(self.tokenizer, request.context, params.stop),
+                        rng=random.Random(f"{params.seed}/{index}") if params.seed is not None else random.Random())
+                    for index in range(params.num_return_sequences)
+                ])
 
     def _finish(self, event: FinishEvent) -> None:
         request = self._requests.get(event.request_id)
