@@ -12,7 +12,7 @@ from torch import nn
 
 from lm.checkpoint import load_checkpoint, resolve_checkpoint_dir
 from lm.config import ModelConfig
-from lm.engine import DecodeSession, Event
+from lm.engine import DecodeSession, Event, model_device
 from lm.generate import generate
 from lm.params import Completion, GenerationParams
 from lm.score import ScoreResult, score_texts
@@ -47,7 +47,7 @@ class Pipeline:
         self.model = prepare_for_inference(model)
         self.tokenizer = tokenizer
         self.config = config
-        self.device = device if device is not None else next(model.parameters()).device
+        self.device = device if device is not None else model_device(model)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, device: str | torch.device | None = None,
@@ -56,10 +56,9 @@ class Pipeline:
         cuda, else mps, else cpu), optionally cast to ``dtype`` (e.g. ``torch.bfloat16``)."""
         directory = resolve_checkpoint_dir(path)
         model, tokenizer, config = load_checkpoint(directory, device=device, dtype=dtype)
-        device = next(model.parameters()).device
         name = name or Path(path).resolve().name
-        log.info("loaded %s (%s, %s) on %s", name, config.family, dtype or "fp32", device)
-        return cls(model, tokenizer, config, name=name, device=device)
+        log.info("loaded %s (%s, %s) from %s", name, config.family, dtype or "fp32", directory)
+        return cls(model, tokenizer, config, name=name)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

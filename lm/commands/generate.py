@@ -7,33 +7,34 @@ import dataclasses
 import json
 import sys
 
-from lm.params import STRATEGIES
+from lm.params import STRATEGIES, GenerationParams
 
 DTYPES = ("fp32", "bf16", "fp16")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    d = GenerationParams()  # the defaults, quoted in the help (unset options keep them)
     p = sub.add_parser(
         "generate", help="continue a prompt with a trained model",
         description="Continue each --prompt with greedy decoding, sampling or beam search. Prints the "
                     "prompt followed by its continuation (--json: everything, for machines).")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (or a run directory: its best/latest)")
     p.add_argument("--prompt", action="append", required=True, help="text to continue; repeat for a batch")
-    g = p.add_argument_group("strategy (unset options take the GenerationParams defaults)")
-    g.add_argument("--strategy", choices=STRATEGIES, help="greedy (default), sample or beam")
-    g.add_argument("--max-new-tokens", type=int, help="most tokens to add (default 64)")
-    g.add_argument("--temperature", type=float, help="sample: < 1 sharper, > 1 flatter, 0 greedy (default 1)")
-    g.add_argument("--top-k", type=int, help="sample: keep the k most likely tokens (default 0: all)")
-    g.add_argument("--top-p", type=float, help="sample: keep the most likely tokens up to this mass (default 1)")
-    g.add_argument("--min-p", type=float, help="sample: drop tokens below min_p x the best (default 0)")
-    g.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeated tokens (default 1)")
+    g = p.add_argument_group("strategy")
+    g.add_argument("--strategy", choices=STRATEGIES, help=f"greedy, sample or beam (default {d.strategy})")
+    g.add_argument("--max-new-tokens", type=int, help=f"most tokens to add (default {d.max_new_tokens})")
+    g.add_argument("--temperature", type=float, help=f"sample: < 1 sharper, > 1 flatter, 0 greedy (default {d.temperature:g})")
+    g.add_argument("--top-k", type=int, help=f"sample: keep the k most likely tokens (default {d.top_k}; 0: all)")
+    g.add_argument("--top-p", type=float, help=f"sample: keep the most likely tokens up to this mass (default {d.top_p:g})")
+    g.add_argument("--min-p", type=float, help=f"sample: drop tokens below min_p x the best (default {d.min_p:g})")
+    g.add_argument("--repetition-penalty", type=float, help=f"> 1 discourages repeated tokens (default {d.repetition_penalty:g})")
     g.add_argument("--seed", type=int, help="sample: make the result reproducible")
-    g.add_argument("--num-beams", type=int, help="beam: hypotheses kept (default 4)")
-    g.add_argument("--length-penalty", type=float, help="beam: rank by logprob / length ** this (default 1)")
+    g.add_argument("--num-beams", type=int, help=f"beam: hypotheses kept (default {d.num_beams})")
+    g.add_argument("--length-penalty", type=float, help=f"beam: rank by logprob / length ** this (default {d.length_penalty:g})")
     g.add_argument("--no-early-stopping", dest="early_stopping", action="store_false", default=None,
                    help="beam: go on while a running beam could still win")
-    g.add_argument("-n", "--num-return-sequences", type=int, help="completions per prompt (default 1)")
-    g.add_argument("--no-repeat-ngram-size", type=int, help="never repeat an n-gram of this size (default 0: off)")
+    g.add_argument("-n", "--num-return-sequences", type=int, help=f"completions per prompt (default {d.num_return_sequences})")
+    g.add_argument("--no-repeat-ngram-size", type=int, help=f"never repeat an n-gram of this size (default {d.no_repeat_ngram_size}; 0: off)")
     g.add_argument("--stop", action="append", help="stop before this text; repeatable")
     g.add_argument("--ignore-eos", dest="stop_at_eos", action="store_false", default=None,
                    help="keep going after <eos>")
