@@ -121,7 +121,8 @@ class Completion:
     tokens that completed a stop string) although ``text`` does not, as in vLLM and OpenAI:
     ``cumulative_logprob == sum(logprobs)``. Log-probabilities are under the model's
     distribution after ``repetition_penalty``/``no_repeat_ngram_size`` and before the sampling
-    shapers (temperature, top-k, top-p, min-p), so strategies report comparable numbers.
+    shapers (temperature, top-k, top-p, min-p), so strategies report comparable numbers. Beam
+    search ranks its results by ``cumulative_logprob / len(token_ids) ** length_penalty``.
     """
 
     text: str
