@@ -52,10 +52,10 @@ SCORE_BATCH = 16
 SCORE_TOKENS = SCORE_WINDOW * SCORE_BATCH * 4
 
 MODES = {
-    "greedy b1": (1, dict(strategy="greedy")),
-    "greedy b8": (8, dict(strategy="greedy")),
-    "sample b1": (1, dict(strategy="sample", temperature=1.0, top_k=50, top_p=0.95, seed=0)),
-    "beam4 b1": (1, dict(strategy="beam", num_beams=4, early_stopping=True)),
+    "greedy-b1": (1, dict(strategy="greedy")),
+    "greedy-b8": (8, dict(strategy="greedy")),
+    "sample-b1": (1, dict(strategy="sample", temperature=1.0, top_k=50, top_p=0.95, seed=0)),
+    "beam4-b1": (1, dict(strategy="beam", num_beams=4, early_stopping=True)),
 }
 
 
