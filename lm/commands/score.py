@@ -41,6 +41,7 @@ def _read(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lm.losses import perplexity
     from lm.params import ParamError
     from lm.pipeline import Pipeline
     from lm.score import score_texts
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     total = {
         "tokens": tokens, "characters": chars, "nll": nll,
         "nll_per_token": nll / tokens if tokens else float("nan"),
-        "perplexity": math.exp(nll / tokens) if tokens else float("inf"),
+        "perplexity": perplexity(nll, tokens),
         "bits_per_char": nll / math.log(2) / chars if chars else 0.0,
     }
     if args.json:
