@@ -171,3 +171,15 @@ def test_load_refuses_inconsistent_checkpoint(small_corpus: Path, tmp_path: Path
     (best / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="safetensors"):
         load_checkpoint(best)
+
+
+def test_early_stopping_and_plateau(small_corpus: Path, tmp_path: Path) -> None:
+    """With a learning rate too small to help, validation stalls: plateau cuts lr, patience stops."""
+    cfg = run_config(small_corpus, tmp_path, TRANSFORMER, max_steps=200, eval_every=2, lr=1e-30, min_lr=1e-31,
+                     warmup_steps=0, schedule="plateau", plateau_factor=10.0, patience=2, optimizer="sgd",
+                     weight_decay=0.0, eval_batches=2)
+    t = Trainer(cfg)
+    result = t.fit()
+    assert result.steps == 6  # best at the first evaluation, then two without improvement
+    assert t.evals_since_best == 2
+    assert t.plateau_scale <= 0.01 + 1e-12
