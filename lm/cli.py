@@ -38,9 +38,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is enough for the user (no traceback)."""
     from lm.checkpoint import CheckpointError
     from lm.config import ConfigError
+    from lm.params import ParamError
     from tokenizer import TokenizerError
 
-    errors: list[type[BaseException]] = [ConfigError, CheckpointError, TokenizerError, FileNotFoundError]
+    errors: list[type[BaseException]] = [ConfigError, CheckpointError, TokenizerError, ParamError, FileNotFoundError]
     try:
         from lm.data import DataError
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# The tests' models are tiny: one thread is faster for them, and it keeps the test process, the
+# servers it starts and any background job on a 2-core machine from stalling each other in
+# OpenMP barriers. Set before torch is imported, so subprocesses inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

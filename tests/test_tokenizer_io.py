@@ -32,7 +32,7 @@ def test_chunks_reassemble_the_file(tmp_path: Path, text: str, chunk_bytes: int)
 
 @PROPERTY
 @given(
-    lines=st.lists(st.text(alphabet=st.characters(exclude_characters="\n"), max_size=20)),
+    lines=st.lists(st.text(alphabet=st.characters(exclude_characters="\n", codec="utf-8"), max_size=20)),
     chunk_bytes=st.integers(100, 200),
 )
 def test_chunks_end_at_newlines(tmp_path: Path, lines: list[str], chunk_bytes: int) -> None:
