@@ -73,10 +73,17 @@ def resolve_corpus(cfg: DataConfig, base: Path | None = None) -> CorpusFiles:
         return tuple(str(base / p) if base and not Path(p).is_absolute() else p for p in paths)
 
     train_paths = rel(cfg.train)
-    is_dir = len(train_paths) == 1 and Path(train_paths[0]).is_dir()
+    corpus_dir = Path(train_paths[0]) if len(train_paths) == 1 and Path(train_paths[0]).is_dir() else None
+
+    def split(named: tuple[str, ...], name: str) -> list[Path]:
+        if named:
+            return _expand(rel(named), name)
+        if corpus_dir is not None and any(name in f.name for f in corpus_dir.iterdir()):
+            return _expand(train_paths, name)
+        return []
+
     train = _expand(train_paths, "train")
-    valid = _expand(rel(cfg.valid), "valid") if cfg.valid else (_expand(train_paths, "valid") if is_dir else [])
-    test = _expand(rel(cfg.test), "test") if cfg.test else (_expand(train_paths, "test") if is_dir and any("test" in f.name for f in Path(train_paths[0]).iterdir()) else [])
+    valid, test = split(cfg.valid, "valid"), split(cfg.test, "test")
     if not valid and cfg.valid_fraction == 0:
         raise DataError("no validation data: set data.valid (files) or data.valid_fraction (e.g. 0.1)")
     return CorpusFiles(train, valid, test)
