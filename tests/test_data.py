@@ -23,6 +23,7 @@ def test_sequential_rows_are_contiguous_across_batches() -> None:
     # rows are far apart contiguous streams
     assert (x0[1:, 0] - x0[:-1, 0] == b.row_len).all()
     last = b.batch(b.steps_per_epoch - 1)
+    assert not last[2] and last[0].shape[1] <= 7  # the epoch's last batch may be shorter
     again = b.batch(b.steps_per_epoch)
     assert again[2]  # a new epoch resets the state
 

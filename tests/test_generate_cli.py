@@ -17,14 +17,6 @@ from tokenizer import CharTokenizer, train_tokenizer
 
 CORPUS = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n" * 5
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models decode faster on one intra-op thread, and on a shared machine a second
-    thread mostly waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 

@@ -24,14 +24,6 @@ from tokenizer import CharTokenizer
 
 NEG = float("-inf")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models decode faster on one intra-op thread, and on a shared machine a second
-    thread mostly waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 

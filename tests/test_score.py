@@ -20,14 +20,6 @@ TOK = CharTokenizer(list("abcdefghij .,\n"))
 EOS = TOK.eos_id
 TEXT = "abc def ghi.\nj, a b c\n" * 3
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models decode faster on one intra-op thread, and on a shared machine a second
-    thread mostly waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 
