@@ -17,14 +17,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# Run as a script, this directory comes first on sys.path, and bench/tokenizer.py would shadow
+# the ``tokenizer`` package that lm imports.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from lm.config import run_config_from_dict
-from lm.train import Trainer
+import torch  # noqa: E402
+
+from lm.config import run_config_from_dict  # noqa: E402
+from lm.train import Trainer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
