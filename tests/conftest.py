@@ -9,6 +9,8 @@ import os
 # OpenMP barriers. Set before torch is imported, so subprocesses inherit it too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import subprocess  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -46,3 +48,23 @@ def _one_thread():  # noqa: ANN202
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, log: Path, headers: dict[str, str],
+                     timeout: float = 60.0) -> None:
+    """Poll ``/ready`` of a server started as a subprocess; fail with its log if it dies or stalls."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"lmforge serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/ready", headers=headers, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server not ready after {timeout:.0f} s:\n{log.read_text()}")
+        time.sleep(0.1)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_until_ready
 from test_service_helpers import free_port, make_checkpoint
 
 KEY = "e2e-key-do-not-log"
@@ -49,19 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"lmforge serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/ready", headers=AUTH, timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server not ready after 60 s:\n{log.read_text()}")
-        time.sleep(0.1)
+    wait_until_ready(url, process, log, AUTH)
     yield Server(url, process, log)
     if process.poll() is None:
         process.kill()
