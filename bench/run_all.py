@@ -89,10 +89,10 @@ def loss_chart() -> Path | None:
 def decode_chart(text: str) -> Path | None:
     import matplotlib.pyplot as plt
 
-    rows = re.findall(r"^((?:transformer|lstm) \S+)\s+(\S+)\s+(\d+)\s+(\d+|-)", text, re.M)
+    rows = re.findall(r"^((?:transformer|lstm) \S+)\s+([a-z0-9]+-b\d+)\s+(\d+)\s+(\d+|-)", text, re.M)
     if not rows:
         return None
-    labels = [f"{m}\n{mode}" for m, mode, _, _ in rows]
+    labels = [f"{m.removeprefix('transformer ')}\n{mode}" for m, mode, _, _ in rows]
     ours = [float(o) for _, _, o, _ in rows]
     hf = [float(h) if h != "-" else 0.0 for _, _, _, h in rows]
     x = np.arange(len(rows))
