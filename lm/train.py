@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_model
 from torch import nn
 
 from lm.checkpoint import (
@@ -166,9 +167,8 @@ class Trainer:
             self.tokenizer = load_tokenizer(self.run_dir / "tokenizer")
         cache = Path(run.data.cache_dir) if run.data.cache_dir else self.run_dir / "data"
         tok_dir = self.run_dir / "tokenizer"
-        if self.dist.is_main:
-            train_tokens = tokenize_to_file(files.train, self.tokenizer, tok_dir, cache)
-            for split in (files.valid, files.test):
+        if self.dist.is_main:  # tokenize once; the other ranks then open the cached files
+            for split in (files.train, files.valid, files.test):
                 if split:
                     tokenize_to_file(split, self.tokenizer, tok_dir, cache)
         self._barrier()
@@ -388,8 +388,6 @@ class Trainer:
         if not latest.is_file():
             raise CheckpointError(f"{self.run_dir}: nothing to resume (no {LATEST_FILE} pointer)")
         directory = self.run_dir / latest.read_text().strip()
-        from safetensors.torch import load_model
-
         load_model(self.model, str(directory / "model.safetensors"), strict=True)
         st = load_trainer_state(directory)
         self.optimizer.load_state_dict(st["optimizer"])
@@ -489,8 +487,6 @@ class Trainer:
         if interrupted is None and self.test_tokens is not None and main:
             best_dir = self.run_dir / "best"
             if best_dir.is_dir():
-                from safetensors.torch import load_model
-
                 load_model(self.model, str(best_dir / "model.safetensors"), strict=True)
             test_loss = self.evaluate(self.test_tokens)
             record({"step": self.step, "test_loss": round(test_loss, 5), "test_ppl": round(math.exp(test_loss), 3)})

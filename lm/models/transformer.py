@@ -134,10 +134,13 @@ class TransformerLM(nn.Module):
     def max_context(self) -> int:
         return self.config.block_size
 
-    def _rope(self, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """cos/sin for positions ``pos`` ``[T]`` or ``[B, T]``, shaped to broadcast over heads."""
-        need = int(pos.max()) + 1
-        if need > self.rope_cos.shape[0]:
+    def _rope(self, pos: Tensor, bound: int) -> tuple[Tensor, Tensor]:
+        """cos/sin for positions ``pos`` ``[T]`` or ``[B, T]``, shaped to broadcast over heads.
+
+        ``bound`` is a host-side upper bound on ``pos`` (slots used), so the usual case reads no
+        value back from the device; the exact maximum is taken only when the table may be short.
+        """
+        if bound >= self.rope_cos.shape[0] and (need := int(pos.max()) + 1) > self.rope_cos.shape[0]:
             cos, sin = rope_tables(self.rope_cos.shape[1] * 2, need, self.config.rope_base, pos.device)
             self.rope_cos, self.rope_sin = cos, sin
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
@@ -162,7 +165,7 @@ class TransformerLM(nn.Module):
         device = tokens.device
         if not use_cache and state is None and pad_mask is None:
             pos = torch.arange(T, device=device)
-            return self._run(tokens, pos, None, None, True), None
+            return self._run(tokens, pos, T - 1, None, None, True), None
 
         cache = state
         start = 0 if cache is None else cache.length
@@ -173,7 +176,9 @@ class TransformerLM(nn.Module):
                 pos = pos[0]
         else:
             pos = base[:, None] + (pad_mask.long().cumsum(1) - 1).clamp_min(0)
-        if self.wpe is not None and int(pos.max()) >= self.config.block_size:
+        # positions never exceed the slot index, so start + T - 1 bounds them without a device sync
+        bound = start + T - 1
+        if self.wpe is not None and bound >= self.config.block_size and int(pos.max()) >= self.config.block_size:
             raise ValueError(
                 f"position {int(pos.max())} is beyond block_size {self.config.block_size}; "
                 "slide the context window (the decoding engine does this)"
@@ -204,7 +209,7 @@ class TransformerLM(nn.Module):
             else:
                 q_idx = torch.arange(start, S, device=device)[:, None]
                 mask = torch.arange(S, device=device)[None, :] <= q_idx
-        logits = self._run(tokens, pos, cache, mask, is_causal)
+        logits = self._run(tokens, pos, bound, cache, mask, is_causal)
         cache.length = S
         cache.padded = padded
         cache.next_pos = base + (T if pad_mask is None else pad_mask.long().sum(1))
@@ -215,13 +220,14 @@ class TransformerLM(nn.Module):
             return torch.get_autocast_dtype(self.wte.weight.device.type)
         return self.wte.weight.dtype
 
-    def _run(self, tokens: Tensor, pos: Tensor, cache: KVCache | None, mask: Tensor | None, is_causal: bool) -> Tensor:
+    def _run(self, tokens: Tensor, pos: Tensor, bound: int, cache: KVCache | None, mask: Tensor | None,
+             is_causal: bool) -> Tensor:
         x = self.wte(tokens)
         rope = None
         if self.wpe is not None:
             x = x + self.wpe(pos)
         else:
-            rope = self._rope(pos)
+            rope = self._rope(pos, bound)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask, is_causal)
