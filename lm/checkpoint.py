@@ -81,11 +81,13 @@ def save_checkpoint(
     training: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, fsync, rename).
 
     ``dtype`` stores the weights in another precision (e.g. ``torch.bfloat16`` to halve the size
-    of a shipped model); loading converts back to the model's dtype.
+    of a shipped model); loading converts back to the model's dtype. ``state_dict`` supplies the
+    weights when ``model`` cannot (a sharded FSDP model: its gathered full state dict).
     """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,10 +106,11 @@ def save_checkpoint(
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         to_save = model
-        if dtype is not None:
+        if dtype is not None or state_dict is not None:
             to_save = build_model(config)
-            to_save.load_state_dict(model.state_dict())
-            to_save = to_save.to(dtype)
+            to_save.load_state_dict(model.state_dict() if state_dict is None else state_dict)
+            if dtype is not None:
+                to_save = to_save.to(dtype)
         save_model(to_save, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         tokenizer.save(tmp)
         if trainer_state is not None:

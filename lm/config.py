@@ -174,6 +174,9 @@ class TrainConfig:
     precision: str = "auto"
     """``fp32``, ``bf16`` (autocast), ``fp16`` (autocast + GradScaler, CUDA) or ``auto``."""
     compile: bool = False
+    fsdp: bool = False
+    """Shard a Transformer's parameters, gradients and optimizer state across ``torchrun``
+    processes (FSDP) instead of replicating them (DDP); for models too large for one device."""
     eval_every: int = 200
     eval_batches: int = 0
     """Validation batches per evaluation (0 = the whole validation stream)."""

@@ -1,12 +1,14 @@
-"""torchrun integration: process group from the environment, gloo on CPU and NCCL on CUDA."""
+"""torchrun integration: process group from the environment (gloo on CPU, NCCL on CUDA), and FSDP."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,62 @@ def init_distributed(device_type: str) -> DistInfo:
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------- FSDP
+# Fully sharded data parallelism (PyTorch's FSDP2, ``fully_shard``): each rank holds 1/world of
+# every parameter, gradient and optimizer state, and gathers a block's weights only while that
+# block runs. It is for Transformers too large to replicate on one device; the blocks are the
+# natural unit (one all-gather per block, overlapped with the previous block's compute).
+
+
+def shard_transformer(model: nn.Module) -> None:
+    """Shard ``model`` in place: one FSDP unit per Transformer block, then the rest (embeddings, head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise TypeError(f"FSDP sharding expects a Transformer with .blocks, got {type(model).__name__}")
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _full_options(**kw: bool):  # noqa: ANN202
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded weights on CPU, on rank 0 (empty elsewhere). Collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options(cpu_offload=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state keyed by parameter name, unsharded, on rank 0. Collective."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+
+
+def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load unsharded weights (present on every rank) into a sharded or plain model."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, state, options=_full_options())
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a name-keyed optimizer state (present on every rank) into a sharded or plain model's optimizer."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=_full_options())

@@ -25,11 +25,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, *, fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW (fused kernel where available; ``fused=False`` for sharded DTensor parameters) or SGD."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    fused = next(model.parameters()).device.type in ("cuda", "cpu")
+    fused = fused and next(model.parameters()).device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 

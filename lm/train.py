@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_model
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from lm.checkpoint import (
     LATEST_FILE,
@@ -40,7 +41,15 @@ from lm.checkpoint import (
 )
 from lm.config import RunConfig, TrainConfig, run_config_from_dict, to_dict
 from lm.data import RandomBatches, SequentialBatches, eval_batches, resolve_corpus, tokenize_to_file
-from lm.distributed import DistInfo, init_distributed
+from lm.distributed import (
+    DistInfo,
+    full_model_state,
+    full_optimizer_state,
+    init_distributed,
+    load_full_model_state,
+    load_full_optimizer_state,
+    shard_transformer,
+)
 from lm.losses import mean_nll, token_nll
 from lm.models import RNNLM, RNNState, build_model
 from lm.optim import build_optimizer, scheduled_lr
@@ -196,13 +205,20 @@ class Trainer:
         Batches = SequentialBatches if self.sequential else RandomBatches
         self.batches = Batches(self.train_tokens, self.cfg.batch_size, seq_len, self.cfg.seed,
                                rank=self.dist.rank, world_size=self.dist.world_size)
-        self.optimizer = build_optimizer(self.model, self.cfg)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        if self.cfg.fsdp and self.is_rnn:
+            raise TrainingError("train.fsdp shards Transformers; an RNN LM trains with DDP (set train.fsdp = false)")
+        self.sharded = self.cfg.fsdp and self.dist.enabled
+        if self.cfg.fsdp and not self.dist.enabled:
+            log.info("train.fsdp: one process, nothing to shard; training unsharded")
         self.train_model: nn.Module = self.model
-        if self.dist.enabled:
+        if self.sharded:
+            shard_transformer(self.model)  # in place, before the optimizer sees the parameters
+        elif self.dist.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        self.optimizer = build_optimizer(self.model, self.cfg, fused=not self.sharded)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         if self.cfg.compile:
             self.train_model = torch.compile(self.train_model)
 
@@ -222,6 +238,17 @@ class Trainer:
     def _barrier(self) -> None:
         if self.dist.enabled:
             dist.barrier()
+
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """Skip the gradient all-reduce / reduce-scatter on all but the last accumulation step."""
+        if sync or not self.dist.enabled:
+            if self.sharded:
+                self.model.set_requires_gradient_sync(True)  # type: ignore[operator]
+            return contextlib.nullcontext()
+        if self.sharded:
+            self.model.set_requires_gradient_sync(False)  # type: ignore[operator]
+            return contextlib.nullcontext()
+        return self.train_model.no_sync()  # type: ignore[operator]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.precision, self.device)
@@ -257,8 +284,7 @@ class Trainer:
             if self.rnn_state is not None:
                 state = self.rnn_state.select(torch.arange(sl.start, sl.stop, device=self.device))
             sync = m == cfg.grad_accum - 1 or not self.dist.enabled
-            ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()  # type: ignore[operator]
-            with ctx:
+            with self._gradient_sync(sync):
                 with self._autocast():
                     logits, new_state = self.train_model(x[sl], state, use_cache=False)
                 loss = mean_nll(logits, y[sl]) / cfg.grad_accum
@@ -273,6 +299,8 @@ class Trainer:
         loss_value = float(total)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if isinstance(grad_norm, DTensor):  # FSDP: the norm of the whole (sharded) gradient
+            grad_norm = grad_norm.full_tensor()
         bad = not math.isfinite(loss_value) or not bool(torch.isfinite(grad_norm))
         if bad and self.precision != "fp16":
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
@@ -344,8 +372,14 @@ class Trainer:
         return out
 
     def save(self) -> Path | None:
-        """Write a resumable checkpoint, repoint ``latest``, and drop older step checkpoints."""
+        """Write a resumable checkpoint, repoint ``latest``, and drop older step checkpoints.
+
+        The optimizer state is stored keyed by parameter name and unsharded, so a run resumes on
+        any world size, with or without FSDP. Every rank calls this (gathers are collective).
+        """
         rnn = self._gathered_rnn_state()
+        weights = full_model_state(self.model) if self.sharded else None
+        optimizer_state = full_optimizer_state(self.model, self.optimizer)
         if not self.dist.is_main:
             return None
         trainer_state: dict[str, Any] = {
@@ -358,7 +392,7 @@ class Trainer:
             "plateau_scale": self.plateau_scale,
             "skipped": self.skipped,
             "world_size": self.dist.world_size,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scaler": self.scaler.state_dict(),
             "rng_torch": torch.get_rng_state(),
         }
@@ -368,8 +402,8 @@ class Trainer:
             trainer_state["rnn_state"] = rnn
         name = f"step-{self.step:08d}"
         try:
-            path = save_checkpoint(self.run_dir / name, self.model, self.tokenizer,
-                                   training=self._training_meta(), trainer_state=trainer_state)
+            path = save_checkpoint(self.run_dir / name, self.model, self.tokenizer, training=self._training_meta(),
+                                   trainer_state=trainer_state, state_dict=weights)
             write_text_atomic(self.run_dir / LATEST_FILE, name + "\n")
         except OSError as exc:
             previous = (self.run_dir / LATEST_FILE).read_text().strip() if (self.run_dir / LATEST_FILE).is_file() else None
@@ -388,9 +422,15 @@ class Trainer:
         if not latest.is_file():
             raise CheckpointError(f"{self.run_dir}: nothing to resume (no {LATEST_FILE} pointer)")
         directory = self.run_dir / latest.read_text().strip()
-        load_model(self.model, str(directory / "model.safetensors"), strict=True)
+        self._load_weights(directory)
         st = load_trainer_state(directory)
-        self.optimizer.load_state_dict(st["optimizer"])
+        kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups]
+        if all(isinstance(k, int) for k in st["optimizer"]["state"]):  # written before name-keyed states
+            self.optimizer.load_state_dict(st["optimizer"])
+        else:
+            load_full_optimizer_state(self.model, self.optimizer, st["optimizer"])
+        for group, kernel in zip(self.optimizer.param_groups, kernels, strict=True):
+            group.update(kernel)  # the kernel choice is this run's (sharded parameters cannot use fused)
         self.scaler.load_state_dict(st["scaler"])
         torch.set_rng_state(st["rng_torch"])
         if "rng_cuda" in st and self.device.type == "cuda":
@@ -410,6 +450,16 @@ class Trainer:
             c = st["rnn_state"].get("c")
             self.rnn_state = RNNState(h.to(self.device), None if c is None else c.to(self.device)).select(rows.to(self.device))
         log.info("resumed %s at step %d", directory, self.step)
+
+    def _load_weights(self, directory: Path) -> None:
+        """Load a checkpoint's weights into the (possibly sharded) training model."""
+        path = str(directory / "model.safetensors")
+        if not self.sharded:
+            load_model(self.model, path, strict=True)
+            return
+        full = build_model(self.model_config)  # resolves tied weights, then shards into place
+        load_model(full, path, strict=True)
+        load_full_model_state(self.model, full.state_dict())
 
     # ----------------------------------------------------------------------------- metrics
     def _open_metrics(self):  # noqa: ANN202
@@ -484,10 +534,10 @@ class Trainer:
         finally:
             bar.close()
         test_loss = None
-        if interrupted is None and self.test_tokens is not None and main:
-            best_dir = self.run_dir / "best"
+        if interrupted is None and self.test_tokens is not None and (main or self.sharded):
+            best_dir = self.run_dir / "best"  # every rank reads it: sharded models load collectively
             if best_dir.is_dir():
-                load_model(self.model, str(best_dir / "model.safetensors"), strict=True)
+                self._load_weights(best_dir)
             test_loss = self.evaluate(self.test_tokens)
             record({"step": self.step, "test_loss": round(test_loss, 5), "test_ppl": round(math.exp(test_loss), 3)})
         if metrics is not None:
@@ -514,9 +564,11 @@ class Trainer:
         if improved:
             self.best_val = val
             self.evals_since_best = 0
+            weights = full_model_state(self.model) if self.sharded else None
             if self.dist.is_main:
                 try:
-                    save_checkpoint(self.run_dir / "best", self.model, self.tokenizer, training=self._training_meta())
+                    save_checkpoint(self.run_dir / "best", self.model, self.tokenizer, training=self._training_meta(),
+                                    state_dict=weights)
                 except OSError as exc:
                     raise TrainingError(
                         f"could not save the best checkpoint at step {self.step} to {self.run_dir / 'best'}: "

@@ -1,4 +1,5 @@
-"""torchrun: a 2-process gloo run equals a 1-process run with the same global batch."""
+"""torchrun: a 2-process gloo run (DDP, or FSDP for the Transformer) equals a 1-process run with the
+same global batch, and its checkpoint resumes in 1 process exactly where the 1-process run would be."""
 
 from __future__ import annotations
 
@@ -15,28 +16,29 @@ pytestmark = pytest.mark.slow
 
 def write_config(path: Path, corpus: Path, out: Path, family: str) -> None:
     model = (
-        '[model]\nfamily = "transformer"\nblock_size = 16\nn_layer = 1\nn_head = 2\nn_embd = 16\n'
-        if family == "transformer"
+        '[model]\nfamily = "transformer"\nblock_size = 16\nn_layer = 2\nn_head = 2\nn_embd = 16\n'
+        if family.startswith("transformer")
         else '[model]\nfamily = "rnn"\ncell = "lstm"\nn_embd = 16\nn_hidden = 16\nn_layer = 1\ndropout = 0.0\n'
     )
     path.write_text(
         f'[data]\ntrain = ["{corpus}"]\nvalid_fraction = 0.1\n[tokenizer]\nkind = "char"\n{model}'
         f'[train]\nout_dir = "{out}"\nbatch_size = 8\nseq_len = 16\nmax_steps = 6\neval_every = 3\n'
         'log_every = 1\nprogress = false\nprecision = "fp32"\nlr = 3e-3\nwarmup_steps = 0\nthreads = 1\n'
+        f'fsdp = {"true" if family.endswith("fsdp") else "false"}\n'
     )
 
 
 def run(cmd: list[str], cwd: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-6000:]
 
 
 def losses(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("family", ["transformer", "lstm"])
+@pytest.mark.parametrize("family", ["transformer", "lstm", "transformer-fsdp"])
 def test_two_processes_match_one(family: str, small_corpus: Path, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     write_config(tmp_path / "one.toml", small_corpus, one, family)
@@ -51,6 +53,13 @@ def test_two_processes_match_one(family: str, small_corpus: Path, tmp_path: Path
             if key in ra:
                 assert ra[key] == pytest.approx(rb[key], abs=2e-4), (ra, rb)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    # a 2-process checkpoint resumes in 1 process
-    run([sys.executable, "-m", "lm.cli", "train", "--resume", str(two), "--set", "train.max_steps=8"], tmp_path)
+    # a 2-process checkpoint resumes in 1 process, and continues as the 1-process run does
+    for run_dir in (one, two):
+        run([sys.executable, "-m", "lm.cli", "train", "--resume", str(run_dir), "--set", "train.max_steps=8",
+             "--set", "train.fsdp=false"], tmp_path)
     assert (two / "latest").read_text().strip() == "step-00000008"
+    a, b = losses(one), losses(two)
+    resumed = [(ra, rb) for ra, rb in zip(a, b, strict=True) if ra["step"] > 6 and "loss" in ra]
+    assert [ra["step"] for ra, _ in resumed] == [7, 8]
+    for ra, rb in resumed:
+        assert ra["loss"] == pytest.approx(rb["loss"], abs=2e-4), (ra, rb)

@@ -75,6 +75,22 @@ def test_left_padded_batch_equals_each_alone(model: torch.nn.Module) -> None:
     torch.testing.assert_close(step[1], model(nxt[1:], sb)[0][0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rnn_recurrence_stays_fp32_under_cpu_autocast(cell: str) -> None:
+    """bf16 autocast speeds up the output projection; the recurrent state is carried in fp32."""
+    torch.manual_seed(0)
+    model = build_model(RNNConfig(vocab_size=V, cell=cell, n_embd=16, n_hidden=16, n_layer=2)).eval()
+    x = torch.randint(0, V, (2, 30))
+    with torch.inference_mode():
+        ref, ref_state = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, state = model(x)
+    assert low.dtype == torch.bfloat16
+    assert state.h.dtype == torch.float32
+    torch.testing.assert_close(state.h, ref_state.h, atol=1e-6, rtol=1e-6)  # recurrence identical to fp32
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.05)
+
+
 def test_weights_remain_tied_after_init() -> None:
     t = build_model(TransformerConfig(vocab_size=V, block_size=8, n_layer=1, n_head=1, n_embd=8))
     assert t.lm_head.weight is t.wte.weight

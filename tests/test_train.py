@@ -114,6 +114,15 @@ def test_bf16_and_grad_accumulation_run_on_cpu(small_corpus: Path, tmp_path: Pat
     assert losses(bf)[-1] == pytest.approx(losses(one)[-1], abs=0.1)
 
 
+def test_fsdp_is_for_transformers_and_a_no_op_in_one_process(small_corpus: Path, tmp_path: Path) -> None:
+    lstm = {"family": "rnn", "cell": "lstm", "n_embd": 16, "n_hidden": 16, "n_layer": 1}
+    with pytest.raises(TrainingError, match="train.fsdp shards Transformers"):
+        Trainer(run_config(small_corpus, tmp_path / "rnn", lstm, fsdp=True))
+    plain = train(run_config(small_corpus, tmp_path / "a", TRANSFORMER, max_steps=4, eval_every=4))
+    fsdp = train(run_config(small_corpus, tmp_path / "b", TRANSFORMER, max_steps=4, eval_every=4, fsdp=True))
+    assert losses(plain) == losses(fsdp)
+
+
 def test_non_finite_loss_stops_without_poisoned_checkpoint(small_corpus: Path, tmp_path: Path) -> None:
     cfg = run_config(small_corpus, tmp_path, TRANSFORMER, max_steps=20, eval_every=2, optimizer="sgd",
                      lr=1e25, grad_clip=0.0, warmup_steps=0, schedule="constant")

@@ -8,6 +8,8 @@ projection when the hidden size differs from the embedding size.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -72,10 +74,27 @@ class RNNLM(nn.Module):
         """
         B, T = tokens.shape
         x = self.emb_drop(self.embedding(tokens))
+        device = tokens.device.type
+        fp32_recurrence = device == "cpu" and torch.is_autocast_enabled(device)
+        if fp32_recurrence:
+            x = x.float()
         if state is None:
             state = self.initial_state(B, tokens.device, x.dtype)
         hx = state.as_tuple()
         hx = tuple(h.to(x.dtype) for h in hx) if isinstance(hx, tuple) else hx.to(x.dtype)
+        # Under CPU autocast the recurrence stays fp32: its state accumulates rounding over every
+        # time step, and oneDNN's bf16 LSTM is barely faster at these sizes (bench/train.py); the
+        # output projection, where the FLOPs are, still runs in bf16.
+        with torch.autocast(device, enabled=False) if fp32_recurrence else contextlib.nullcontext():
+            out, new = self._recur(x, hx, pad_mask)
+        new_state = RNNState(*new) if isinstance(new, tuple) else RNNState(new)
+        y = self.out_drop(out)
+        if self.proj is not None:
+            y = self.proj(y)
+        return self.decoder(y), new_state
+
+    def _recur(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor], pad_mask: Tensor | None):  # noqa: ANN202
+        T = x.shape[1]
         if pad_mask is None or bool(pad_mask.all()):
             out, new = self.rnn(x, hx)
         else:
@@ -83,15 +102,11 @@ class RNNLM(nn.Module):
             if bool((lengths == 0).any()):
                 raise ValueError("every row needs at least one real token")
             shift = T - lengths  # left pad per row
-            idx = (torch.arange(T, device=tokens.device)[None, :] + shift[:, None]) % T
+            idx = (torch.arange(T, device=x.device)[None, :] + shift[:, None]) % T
             x_right = x.gather(1, idx[:, :, None].expand_as(x))  # real tokens first
             packed = pack_padded_sequence(x_right, lengths.cpu(), batch_first=True, enforce_sorted=False)
             out_packed, new = self.rnn(packed, hx)
             out_right, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=T)
-            back = (torch.arange(T, device=tokens.device)[None, :] - shift[:, None]) % T
+            back = (torch.arange(T, device=x.device)[None, :] - shift[:, None]) % T
             out = out_right.gather(1, back[:, :, None].expand_as(out_right))  # left-padded again
-        new_state = RNNState(*new) if isinstance(new, tuple) else RNNState(new)
-        y = self.out_drop(out)
-        if self.proj is not None:
-            y = self.proj(y)
-        return self.decoder(y), new_state
+        return out, new
