@@ -1,7 +1,7 @@
 """Decoding and scoring throughput, side by side with HuggingFace transformers.
 
     python bench/decode.py [--repeats 3] [--new-tokens 256] [--skip-hf] [--threads N] [--clock cpu]
-                           [--checkpoint checkpoints/shakespeare-char --text FILE]
+                           [--dtypes fp32,bf16] [--checkpoint checkpoints/shakespeare-char --text FILE]
 
 Random weights, vocabulary 10,000, a short (8-token) prompt and ``--new-tokens`` new tokens with
 end-of-sequence disabled, so every run does the same work. Our Transformer is set up as GPT-2
@@ -12,7 +12,8 @@ and its ``generate`` the same settings (greedy; sampling with temperature 1, top
 hypothesis' new tokens). Our figure includes detokenization (a 10,000-entry character
 tokenizer), which HF's ``generate`` does not do. Scoring is tokens/s over disjoint 256-token
 windows in batches of 16: ours through ``lm.score`` (fp32, and bf16 with its perplexity
-difference), HF's as a forward with ``labels`` (its loss). A random model's distribution is
+difference), HF's as a forward with ``labels`` (its loss). Decoding runs with fp32 weights and again with bf16 weights (``lmforge serve --dtype bf16``),
+each against HF's model in the same dtype. A random model's distribution is
 nearly uniform, which hides what bf16 costs; ``--checkpoint``/``--text`` adds the bf16 vs fp32
 perplexity of a trained checkpoint on real text.
 
@@ -60,6 +61,7 @@ MODES = {
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 clock = CLOCKS["wall"]
 
 
@@ -83,20 +85,22 @@ def char_tokenizer() -> CharTokenizer:
     return CharTokenizer([chr(0x4E00 + i) for i in range(VOCAB - 260)])
 
 
-def ours_transformer(n_layer: int, n_head: int, n_embd: int, block_size: int = CONTEXT) -> torch.nn.Module:
+def ours_transformer(n_layer: int, n_head: int, n_embd: int, block_size: int = CONTEXT,
+                     dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = TransformerConfig(vocab_size=VOCAB, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                             pos_emb="learned", bias=True)
-    return prepare_for_inference(build_model(cfg))
+    return prepare_for_inference(build_model(cfg).to(dtype))
 
 
-def hf_gpt2(n_layer: int, n_head: int, n_embd: int, n_positions: int = CONTEXT) -> torch.nn.Module:
+def hf_gpt2(n_layer: int, n_head: int, n_embd: int, n_positions: int = CONTEXT,
+            dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=VOCAB, n_positions=n_positions, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    return GPT2LMHeadModel(cfg).eval()
+    return GPT2LMHeadModel(cfg).to(dtype).eval()
 
 
 def prompts(batch: int) -> torch.Tensor:
@@ -169,6 +173,8 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true", help="only measure lmforge")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall time, or this process's CPU time")
+    parser.add_argument("--dtypes", default="fp32,bf16",
+                        help="weight precisions to decode in, both ours and HF's (bf16 skips sampling)")
     parser.add_argument("--checkpoint", help="also score --text with this checkpoint in fp32 and bf16")
     parser.add_argument("--text", help="UTF-8 text file for --checkpoint")
     args = parser.parse_args()
@@ -180,22 +186,26 @@ def main() -> None:
     tok = char_tokenizer()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {new} new tokens, best of {repeats} "
           f"({args.clock} time)")
-    print(f"{'model':<22} {'mode':<10} {'lmforge tok/s':>14} {'HF tok/s':>10} {'ratio':>7}")
+    print(f"{'model':<22} {'mode':<10} {'dtype':<5} {'lmforge tok/s':>14} {'HF tok/s':>10} {'ratio':>7}")
 
-    def row(name: str, mode: str, ours: float, theirs: float | None) -> None:
+    def row(name: str, mode: str, ours: float, theirs: float | None, dtype: str = "fp32") -> None:
         ratio = f"{ours / theirs:6.2f}x" if theirs else "      -"
         hf = f"{theirs:10.0f}" if theirs else f"{'-':>10}"
-        print(f"{name:<22} {mode:<10} {ours:14.0f} {hf} {ratio}", flush=True)
+        print(f"{name:<22} {mode:<10} {dtype:<5} {ours:14.0f} {hf} {ratio}", flush=True)
 
     for dims in ((4, 4, 128), (6, 6, 384)):
         name = "transformer {}x{}x{}".format(*dims)
-        ours_model = ours_transformer(*dims)
-        hf_model = None if args.skip_hf else hf_gpt2(*dims)
-        for mode, (batch, kw) in MODES.items():
-            ours = ours_decode(ours_model, tok, batch, kw, new)
-            theirs = None if hf_model is None else hf_decode(hf_model, batch, kw, new)
-            t_ours, t_hf = best_times([ours, theirs], repeats)
-            row(name, mode, batch * new / t_ours, batch * new / t_hf if t_hf else None)
+        for label in args.dtypes.split(","):
+            dtype = DTYPES[label]
+            ours_model = ours_transformer(*dims, dtype=dtype)
+            hf_model = None if args.skip_hf else hf_gpt2(*dims, dtype=dtype)
+            for mode, (batch, kw) in MODES.items():
+                if label != "fp32" and mode.startswith("sample"):
+                    continue
+                ours = ours_decode(ours_model, tok, batch, kw, new)
+                theirs = None if hf_model is None else hf_decode(hf_model, batch, kw, new)
+                t_ours, t_hf = best_times([ours, theirs], repeats)
+                row(name, mode, batch * new / t_ours, batch * new / t_hf if t_hf else None, label)
 
     torch.manual_seed(0)
     lstm = prepare_for_inference(build_model(RNNConfig(vocab_size=VOCAB, cell="lstm", n_embd=200, n_hidden=200,
@@ -211,7 +221,7 @@ def main() -> None:
     for dims in ((4, 4, 128), (6, 6, 384)):
         name = "transformer {}x{}x{}".format(*dims)
         model = ours_transformer(*dims, block_size=SCORE_WINDOW)
-        bf16_model = ours_transformer(*dims, block_size=SCORE_WINDOW).to(torch.bfloat16)
+        bf16_model = ours_transformer(*dims, block_size=SCORE_WINDOW, dtype=torch.bfloat16)
         hf = None if args.skip_hf else hf_score(hf_gpt2(*dims, n_positions=SCORE_WINDOW), data)
         r32: dict = {}
         r16: dict = {}

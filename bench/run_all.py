@@ -30,7 +30,8 @@ def benchmarks(quick: bool, soak: bool) -> list[tuple[str, list[str]]]:
     py = sys.executable
     runs = [
         ("tokenizer", [py, "bench/tokenizer.py", "--repeat", "2" if quick else "3"]),
-        ("train", [py, "bench/train.py", "--steps", "20" if quick else "40", "--quality-steps", "0" if quick else "300"]),
+        ("train", [py, "bench/train.py", "--steps", "10" if quick else "20", "--rounds", "2" if quick else "3",
+                   "--quality-steps", "0" if quick else "400"]),
         ("quality", [py, "bench/quality.py"]),
         ("decode", [py, "bench/decode.py", "--repeats", "1" if quick else "2", "--new-tokens", "128" if quick else "256"]),
         ("serve_load", [py, "bench/serve_load.py", "--duration", "6" if quick else "15"]),
@@ -89,12 +90,12 @@ def loss_chart() -> Path | None:
 def decode_chart(text: str) -> Path | None:
     import matplotlib.pyplot as plt
 
-    rows = re.findall(r"^((?:transformer|lstm) \S+)\s+([a-z0-9]+-b\d+)\s+(\d+)\s+(\d+|-)", text, re.M)
+    rows = re.findall(r"^((?:transformer|lstm) \S+)\s+([a-z0-9]+-b\d+)\s+(fp32|bf16)\s+(\d+)\s+(\d+|-)", text, re.M)
     if not rows:
         return None
-    labels = [f"{m.removeprefix('transformer ')}\n{mode}" for m, mode, _, _ in rows]
-    ours = [float(o) for _, _, o, _ in rows]
-    hf = [float(h) if h != "-" else 0.0 for _, _, _, h in rows]
+    labels = [f"{m.removeprefix('transformer ')}\n{mode}\n{dtype}" for m, mode, dtype, _, _ in rows]
+    ours = [float(o) for _, _, _, o, _ in rows]
+    hf = [float(h) if h != "-" else 0.0 for _, _, _, _, h in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.9), 4.5), dpi=100)
     ax.bar(x - 0.2, ours, 0.4, label="lmforge")

@@ -20,21 +20,59 @@ from lm.score import ScoreResult, score_texts
 log = logging.getLogger(__name__)
 
 
-def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """Put ``model`` in eval mode with its ``nn.Linear`` weights stored column-major.
+DECODE_ROWS = 8
+"""Rows of the product used to pick each weight's memory layout: a typical decode batch."""
 
-    ``F.linear(x, W)`` multiplies by ``W.T``; with ``W`` stored row-major (PyTorch's default)
-    that is a transposed GEMM/GEMV, which on CPU runs about twice as slow as the same product
-    with ``W.T`` contiguous when the batch is small -- exactly the decode case (one token per
-    row per step). Storing ``W`` as the transpose of a contiguous ``[in, out]`` matrix keeps its
-    shape and values (HF's GPT-2 keeps its weights that way too). Decoding ran 1.3-1.6x faster
-    per step in ``bench/decode.py``; large-batch scoring is unaffected. For inference only:
-    safetensors refuses to save non-contiguous tensors, so save a model before, not after.
+
+def _faster_layout(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
+                   reps: int = 9) -> torch.Tensor:
+    """Whichever of two layouts of one weight multiplies ``x`` faster: best of ``reps`` runs each,
+    taking turns, so that load from elsewhere hits both alike."""
+    import time
+
+    linear = torch.nn.functional.linear
+    best = [float("inf"), float("inf")]
+    for w in (a, b):
+        linear(x, w, bias)
+    for _ in range(reps):
+        for i, w in enumerate((a, b)):
+            start = time.perf_counter()
+            linear(x, w, bias)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return a if best[0] <= best[1] else b
+
+
+def prepare_for_inference(model: nn.Module) -> nn.Module:
+    """Put ``model`` in eval mode with each ``nn.Linear`` weight in its faster memory layout.
+
+    ``F.linear(x, W)`` multiplies by ``W.T``. With ``W`` stored row-major (PyTorch's default)
+    that is a transposed GEMM; stored as the transpose of a contiguous ``[in, out]`` matrix
+    (column-major, as HF's GPT-2 keeps its weights) it is a plain one. On CPU, at the few rows
+    per step that decoding multiplies, the two run up to 2x apart, and which one wins depends on
+    the dtype and the shape (fp32: column-major everywhere; bf16: row-major for the block
+    matrices, column-major for a 10k-word output layer -- measured with ``bench/decode.py``). So
+    on CPU each distinct (shape, dtype) is timed once both ways at ``DECODE_ROWS`` rows and the
+    faster layout kept; shape and values are unchanged, only strides. Large-batch scoring is
+    unaffected. For inference only: safetensors refuses to save non-contiguous tensors, so save
+    a model before, not after.
     """
+    chosen: dict[tuple, bool] = {}
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.Linear) and module.weight.is_contiguous():
-                module.weight.data = module.weight.data.t().contiguous().t()
+            if not isinstance(module, nn.Linear) or not module.weight.is_contiguous():
+                continue
+            w = module.weight.data
+            column = w.t().contiguous().t()
+            if w.device.type != "cpu":
+                module.weight.data = column
+                continue
+            key = (tuple(w.shape), w.dtype, module.bias is not None)
+            if key not in chosen:
+                x = torch.randn(DECODE_ROWS, w.shape[1], dtype=w.dtype)
+                bias = module.bias.data if module.bias is not None else None
+                chosen[key] = _faster_layout(x, column, w, bias) is column
+            if chosen[key]:
+                module.weight.data = column
     return model.eval()
 
 

@@ -508,6 +508,8 @@ class Trainer:
                         mean = sum(losses) / len(losses)
                         record({"step": self.step, "loss": round(mean, 5), "lr": self.last_lr,
                                 "tokens_per_s": round(tps, 1), "elapsed_s": round(self.elapsed, 2)})
+                        if cfg.max_time:  # the run ends at whichever limit comes first: size the bar to it
+                            bar.total = max(self.step, round(self.step / max(self._progress(), 1e-9)))
                         bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}",
                                         lr=f"{self.last_lr:.2e}", tok_s=f"{tps:,.0f}")
                         losses, window_tokens, window_start = [], 0, now
