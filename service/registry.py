@@ -56,6 +56,7 @@ class ServedModel:
             "config": to_dict(config),
             "tokenizer": {"kind": self.pipeline.tokenizer.kind, "vocab_size": self.vocab_size},
             "device": str(self.pipeline.device),
+            "dtype": str(next(self.pipeline.model.parameters()).dtype).removeprefix("torch."),
             "parameters": sum(p.numel() for p in self.pipeline.model.parameters()),
             "max_context": config.max_context,
         }

@@ -129,3 +129,22 @@ def test_transformer_config_errors(kwargs: dict, message: str) -> None:
 def test_rnn_config_errors() -> None:
     with pytest.raises(ConfigError, match="cell must be one of"):
         RNNConfig(vocab_size=V, cell="transformer")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepare_for_inference_changes_layout_not_values(dtype: torch.dtype) -> None:
+    from lm.pipeline import prepare_for_inference
+
+    torch.manual_seed(0)
+    model = build_model(TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=16)).to(dtype)
+    x = torch.randint(0, V, (3, 10))
+    with torch.inference_mode():
+        ref, _ = model.eval()(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prepare_for_inference(model)
+    assert all(torch.equal(v, before[k]) and v.shape == before[k].shape for k, v in model.state_dict().items())
+    assert model.lm_head.weight is model.wte.weight  # still tied
+    with torch.inference_mode():
+        out, _ = model(x)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)

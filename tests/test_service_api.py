@@ -259,3 +259,19 @@ def test_log_prompts_setting(checkpoints: Path, caplog: pytest.LogCaptureFixture
             caplog.at_level(logging.INFO, logger="lmforge.access"):
         c.post("/v1/generate", json={"prompt": "VISIBLE", "max_new_tokens": 1})
     assert "VISIBLE" in caplog.text
+
+
+def test_bf16_weights_setting(checkpoints: Path) -> None:
+    """``--dtype bf16`` loads the weights in bf16; generation and scoring work and agree with fp32."""
+    with client_for(test_settings(checkpoints, dtype="bf16")) as low, client_for(test_settings(checkpoints)) as ref:
+        cards = {m["id"]: m for m in low.get("/v1/models").json()["data"]}
+        assert {c["dtype"] for c in cards.values()} == {"bfloat16"}
+        assert {m["dtype"] for m in ref.get("/v1/models").json()["data"]} == {"float32"}
+        body = {"model": "tiny", "prompt": "To be", "max_new_tokens": 6, **LENGTH}
+        out = low.post("/v1/generate", json=body)
+        assert out.status_code == 200, out.text
+        assert len(out.json()["choices"][0]["token_ids"]) == 6
+        text = {"model": "tiny", "text": "To be, or not to be"}
+        p16 = low.post("/v1/perplexity", json=text).json()["results"][0]["perplexity"]
+        p32 = ref.post("/v1/perplexity", json=text).json()["results"][0]["perplexity"]
+        assert p16 == pytest.approx(p32, rel=0.05)

@@ -7,6 +7,7 @@ the residual stream, so this keeps its variance roughly constant in depth.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -62,13 +63,16 @@ class CausalSelfAttention(nn.Module):
             k = cache.k[layer, :, :, : start + T]
             v = cache.v[layer, :, :, : start + T]
         dtype = v.dtype
-        if q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
-            # CPU's low-precision SDPA kernels are slower than fp32 at these sizes (measured with
-            # bench/train.py), and fp32 keeps the softmax accurate; the matmuls stay in bf16.
+        upcast = q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+        if upcast:
+            # CPU's low-precision SDPA kernels are 3-4x slower than fp32 at these sizes, forward
+            # and backward (bench/train.py), and fp32 keeps the softmax accurate; the projections
+            # stay in bf16. Autocast would cast the inputs straight back down, so it is off here.
             q, k, v = q.float().contiguous(), k.float().contiguous(), v.float().contiguous()
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
-        ).to(dtype)
+        with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+            ).to(dtype)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

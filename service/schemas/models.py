@@ -15,6 +15,7 @@ class ModelCard(BaseModel):
     config: dict[str, Any] = Field(description="the checkpoint's model config")
     tokenizer: dict[str, Any]
     device: str
+    dtype: str = Field(description="weights precision the server holds the model in (float32, bfloat16, float16)")
     parameters: int
     max_context: int | None = Field(description="longest context (null: recurrent, unbounded)")
 
