@@ -30,7 +30,7 @@ def benchmarks(quick: bool, soak: bool) -> list[tuple[str, list[str]]]:
     py = sys.executable
     runs = [
         ("tokenizer", [py, "bench/tokenizer.py", "--repeat", "2" if quick else "3"]),
-        ("train", [py, "bench/train.py", "--steps", "10" if quick else "20", "--rounds", "2" if quick else "3",
+        ("train", [py, "bench/train.py", "--compile", "--steps", "10" if quick else "20", "--rounds", "2" if quick else "3",
                    "--quality-steps", "0" if quick else "400"]),
         ("quality", [py, "bench/quality.py"]),
         ("decode", [py, "bench/decode.py", "--repeats", "1" if quick else "2", "--new-tokens", "128" if quick else "256"]),

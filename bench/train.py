@@ -15,7 +15,7 @@ bf16. Timing takes turns in rounds (the best round counts), so a burst of load e
 every loop alike. With ``--quality-steps N`` each setup also trains N steps per precision and
 prints the validation loss, to show what bf16 costs in quality.
 
-    python bench/train.py [--steps 20] [--rounds 3] [--quality-steps 400] [--threads 2]
+    python bench/train.py [--steps 20] [--rounds 3] [--quality-steps 400] [--threads 2] [--compile]
 """
 
 from __future__ import annotations
@@ -218,10 +218,20 @@ def setups(tmp: Path) -> dict[str, dict]:
     }
 
 
-def make_trainer(spec: dict, tmp: Path, name: str, precision: str, steps: int) -> Trainer:
-    train = {**spec["train"], "out_dir": str(tmp / name / precision), "precision": precision,
-             "max_steps": max(steps, 1), "progress": False, "eval_every": 10**9}
+def make_trainer(spec: dict, tmp: Path, name: str, variant: str, steps: int) -> Trainer:
+    """A trainer for ``variant``: a precision (``fp32``, ``bf16``), optionally ``+compile``."""
+    precision, _, compiled = variant.partition("+")
+    train = {**spec["train"], "out_dir": str(tmp / name / variant), "precision": precision,
+             "compile": bool(compiled), "max_steps": max(steps, 1), "progress": False, "eval_every": 10**9}
     return Trainer(run_config_from_dict({**spec, "train": train}))
+
+
+def variants(name: str, compile_too: bool) -> list[str]:
+    """What to time for a setup: both precisions, and torch.compile for the Transformer if asked."""
+    out = ["fp32", "bf16"]
+    if compile_too and name.startswith("transformer"):
+        out += ["fp32+compile", "bf16+compile"]
+    return out
 
 
 # The issue's targets, as (ours, the reference's figure where the issue measured it): compared as
@@ -243,6 +253,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--quality-steps", type=int, default=0, help="also train this many steps and report val loss")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--compile", action="store_true", help="also time the Transformer under torch.compile")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -257,7 +268,8 @@ def main() -> None:
         tmp = Path(d)
         for name, spec in setups(tmp).items():
             budget = 10**6
-            trainers = {p: make_trainer(spec, tmp, name.replace(" ", "_") + p, p, budget) for p in ("fp32", "bf16")}
+            kinds = variants(name, args.compile)
+            trainers = {v: make_trainer(spec, tmp, name.replace(" ", "_"), v, budget) for v in kinds}
             steps: dict[str, Callable[[], object]] = {"reference": reference_step(name, trainers["fp32"])}
             steps.update({p: t.train_step for p, t in trainers.items()})
             for fn in steps.values():
@@ -271,12 +283,12 @@ def main() -> None:
             params = sum(p.numel() for p in t.model.parameters())
             ref_tps = tokens / best["reference"]
             target, ref_quoted = TARGETS[name]
-            for precision in ("reference", "fp32", "bf16"):
+            for precision in ("reference", *kinds):
                 dt = best[precision]
                 tps = tokens / dt
-                mfu = 6 * params * tps / peak["bf16" if precision == "bf16" else "fp32"]
+                mfu = 6 * params * tps / peak["bf16" if precision.startswith("bf16") else "fp32"]
                 val = ""
-                if args.quality_steps and precision != "reference":
+                if args.quality_steps and precision in ("fp32", "bf16"):  # compiling changes no math
                     q = make_trainer(spec, tmp, name.replace(" ", "_") + "_q", precision, args.quality_steps)
                     with contextlib.redirect_stderr(None):
                         q.fit()
@@ -284,10 +296,10 @@ def main() -> None:
                 goal = f">= {target / ref_quoted:.2f}x" if precision != "reference" else ""
                 rows.append((name, precision, params, tps, dt * 1000, mfu, tps / ref_tps, goal, val))
     print()
-    print(f"{'setup':26} {'prec':9} {'params':>10} {'tokens/s':>9} {'ms/step':>8} {'MFU':>6} {'vs ref':>7} "
+    print(f"{'setup':26} {'variant':12} {'params':>10} {'tokens/s':>9} {'ms/step':>8} {'MFU':>6} {'vs ref':>7} "
           f"{'target':>8} {'val loss':>9}")
     for name, precision, params, tps, ms, mfu, ratio, goal, val in rows:
-        print(f"{name:26} {precision:9} {params:>10,} {tps:>9,.0f} {ms:>8.1f} {mfu:>6.1%} {ratio:>6.2f}x "
+        print(f"{name:26} {precision:12} {params:>10,} {tps:>9,.0f} {ms:>8.1f} {mfu:>6.1%} {ratio:>6.2f}x "
               f"{goal:>8} {val:>9}")
     print("\nreference: the minimal-GPT loop (transformer) or pytorch/examples' word_language_model loop (lstm), "
           "fp32, same data;\ntarget: the issue's figure over its reference figure (31k / 23.7k and 11k / 9.2k tokens/s).")
