@@ -193,7 +193,7 @@ def time_steps(step: Callable[[], object], steps: int, warmup: int) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps if steps else 0.0
 
 
 def setups(tmp: Path) -> dict[str, dict]:

@@ -107,7 +107,8 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         to_save = model
         if dtype is not None or state_dict is not None:
-            to_save = build_model(config)
+            with torch.random.fork_rng(devices=[]):  # a training run's random stream stays untouched
+                to_save = build_model(config)
             to_save.load_state_dict(model.state_dict() if state_dict is None else state_dict)
             if dtype is not None:
                 to_save = to_save.to(dtype)

@@ -68,7 +68,7 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
                 continue
             key = (tuple(w.shape), w.dtype, module.bias is not None)
             if key not in chosen:
-                x = torch.randn(DECODE_ROWS, w.shape[1], dtype=w.dtype)
+                x = torch.randn(DECODE_ROWS, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
                 bias = module.bias.data if module.bias is not None else None
                 chosen[key] = _faster_layout(x, column, w, bias) is column
             if chosen[key]:

@@ -207,6 +207,8 @@ class Trainer:
                                rank=self.dist.rank, world_size=self.dist.world_size)
         if self.cfg.fsdp and self.is_rnn:
             raise TrainingError("train.fsdp shards Transformers; an RNN LM trains with DDP (set train.fsdp = false)")
+        if self.cfg.fsdp and self.precision == "fp16":
+            raise TrainingError("train.fsdp with fp16 is not supported (its loss scaling is per rank); use bf16")
         self.sharded = self.cfg.fsdp and self.dist.enabled
         if self.cfg.fsdp and not self.dist.enabled:
             log.info("train.fsdp: one process, nothing to shard; training unsharded")
@@ -424,13 +426,18 @@ class Trainer:
         directory = self.run_dir / latest.read_text().strip()
         self._load_weights(directory)
         st = load_trainer_state(directory)
-        kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups]
-        if all(isinstance(k, int) for k in st["optimizer"]["state"]):  # written before name-keyed states
-            self.optimizer.load_state_dict(st["optimizer"])
+        saved = st["optimizer"]
+        for group, mine in zip(saved["param_groups"], self.optimizer.param_groups, strict=True):
+            # the kernel choice is this run's (sharded parameters cannot use fused), before loading
+            group.update({k: mine[k] for k in ("fused", "foreach") if k in mine})
+        if all(isinstance(i, int) for g in saved["param_groups"] for i in g["params"]):
+            # written before optimizer states were keyed by parameter name
+            if self.sharded:
+                raise TrainingError(f"{directory}: this checkpoint's optimizer state predates FSDP support; "
+                                    "resume it once without train.fsdp, then with it")
+            self.optimizer.load_state_dict(saved)
         else:
-            load_full_optimizer_state(self.model, self.optimizer, st["optimizer"])
-        for group, kernel in zip(self.optimizer.param_groups, kernels, strict=True):
-            group.update(kernel)  # the kernel choice is this run's (sharded parameters cannot use fused)
+            load_full_optimizer_state(self.model, self.optimizer, saved)
         self.scaler.load_state_dict(st["scaler"])
         torch.set_rng_state(st["rng_torch"])
         if "rng_cuda" in st and self.device.type == "cuda":
@@ -538,7 +545,8 @@ class Trainer:
         test_loss = None
         if interrupted is None and self.test_tokens is not None and (main or self.sharded):
             best_dir = self.run_dir / "best"  # every rank reads it: sharded models load collectively
-            if best_dir.is_dir():
+            has_best = best_dir.is_dir()
+            if self._agree(float(has_best)) if self.sharded else has_best:
                 self._load_weights(best_dir)
             test_loss = self.evaluate(self.test_tokens)
             record({"step": self.step, "test_loss": round(test_loss, 5), "test_ppl": round(math.exp(test_loss), 3)})
@@ -550,17 +558,27 @@ class Trainer:
                            test_loss, self.skipped, interrupted, history)
 
     def _sync_stop(self, signum: int | None) -> bool:
+        """Whether any rank was signalled; also agrees on the elapsed time (the slowest rank's),
+        so that every rank stops at the same step when a time budget runs out."""
         flag = signum is not None
         if self.dist.enabled:
-            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            t = torch.tensor([1.0 if flag else 0.0, self.elapsed], dtype=torch.float64, device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
+            flag, self.elapsed = bool(t[0].item()), float(t[1].item())
         return flag
+
+    def _agree(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (decisions that lead into collectives must match)."""
+        if not self.dist.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return float(t.item())
 
     def _eval_and_track(self, record) -> bool:  # noqa: ANN001
         """Evaluate, keep the best weights, adjust the plateau lr; True means stop early."""
         t0 = time.perf_counter()
-        val = self.evaluate(self.valid_tokens, self.cfg.eval_batches)
+        val = self._agree(self.evaluate(self.valid_tokens, self.cfg.eval_batches))
         self.last_val = val
         improved = val < self.best_val
         if improved:

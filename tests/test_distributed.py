@@ -20,11 +20,13 @@ def write_config(path: Path, corpus: Path, out: Path, family: str) -> None:
         if family.startswith("transformer")
         else '[model]\nfamily = "rnn"\ncell = "lstm"\nn_embd = 16\nn_hidden = 16\nn_layer = 1\ndropout = 0.0\n'
     )
+    fsdp = family.endswith("fsdp")  # also: gradient accumulation and a test split (evaluated sharded)
+    test = f'test = ["{corpus}"]\n' if fsdp else ""
     path.write_text(
-        f'[data]\ntrain = ["{corpus}"]\nvalid_fraction = 0.1\n[tokenizer]\nkind = "char"\n{model}'
+        f'[data]\ntrain = ["{corpus}"]\nvalid_fraction = 0.1\n{test}[tokenizer]\nkind = "char"\n{model}'
         f'[train]\nout_dir = "{out}"\nbatch_size = 8\nseq_len = 16\nmax_steps = 6\neval_every = 3\n'
         'log_every = 1\nprogress = false\nprecision = "fp32"\nlr = 3e-3\nwarmup_steps = 0\nthreads = 1\n'
-        f'fsdp = {"true" if family.endswith("fsdp") else "false"}\n'
+        f'fsdp = {"true" if fsdp else "false"}\ngrad_accum = {2 if fsdp else 1}\n'
     )
 
 
@@ -49,14 +51,21 @@ def test_two_processes_match_one(family: str, small_corpus: Path, tmp_path: Path
     a, b = losses(one), losses(two)
     assert [r["step"] for r in a] == [r["step"] for r in b]  # rank 1 wrote no duplicate records
     for ra, rb in zip(a, b, strict=True):
-        for key in ("loss", "val_loss"):
+        for key in ("loss", "val_loss", "test_loss"):
             if key in ra:
                 assert ra[key] == pytest.approx(rb[key], abs=2e-4), (ra, rb)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    # a 2-process checkpoint resumes in 1 process, and continues as the 1-process run does
-    for run_dir in (one, two):
-        run([sys.executable, "-m", "lm.cli", "train", "--resume", str(run_dir), "--set", "train.max_steps=8",
-             "--set", "train.fsdp=false"], tmp_path)
+    if family.endswith("fsdp"):
+        assert any("test_loss" in r for r in b)
+    # a 2-process checkpoint resumes in 1 process (an FSDP one: sharded again, in 2), and continues
+    # as the 1-process run does
+    resume = ["-m", "lm.cli", "train", "--set", "train.max_steps=8", "--resume"]
+    run([sys.executable, *resume, str(one)], tmp_path)
+    if family.endswith("fsdp"):
+        run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *resume, str(two)],
+            tmp_path)
+    else:
+        run([sys.executable, *resume, str(two)], tmp_path)
     assert (two / "latest").read_text().strip() == "step-00000008"
     a, b = losses(one), losses(two)
     resumed = [(ra, rb) for ra, rb in zip(a, b, strict=True) if ra["step"] > 6 and "loss" in ra]

@@ -265,6 +265,7 @@ def test_bf16_weights_setting(checkpoints: Path) -> None:
     """``--dtype bf16`` loads the weights in bf16; generation and scoring work and agree with fp32."""
     with client_for(test_settings(checkpoints, dtype="bf16")) as low, client_for(test_settings(checkpoints)) as ref:
         cards = {m["id"]: m for m in low.get("/v1/models").json()["data"]}
+        assert set(cards) == {"tiny", "tiny-gru"}
         assert {c["dtype"] for c in cards.values()} == {"bfloat16"}
         assert {m["dtype"] for m in ref.get("/v1/models").json()["data"]} == {"float32"}
         body = {"model": "tiny", "prompt": "To be", "max_new_tokens": 6, **LENGTH}

@@ -94,7 +94,7 @@ class RNNLM(nn.Module):
         y = self.out_drop(out).reshape(B * T, out.shape[-1])
         if self.proj is not None:
             y = self.proj(y)
-        return self.decoder(y).view(B, T, -1), new_state
+        return self.decoder(y).view(B, T, self.decoder.out_features), new_state
 
     def _recur(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor], pad_mask: Tensor | None):  # noqa: ANN202
         T = x.shape[1]
