@@ -80,6 +80,41 @@ def best_times(fns: list[Callable[[], object] | None], repeats: int) -> list[flo
     return [min(ts) if ts else None for ts in times]
 
 
+def read_bandwidth(mb: int = 512) -> float:
+    """Bytes/s at which this machine streams memory into the cores (a sum over ``mb`` MB)."""
+    x = torch.ones(mb * 2**20 // 4)
+    x.sum()
+    best = min(_timed(x.sum) for _ in range(5))
+    return x.numel() * 4 / best
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights one decode step reads (each tensor once: tied weights are one tensor)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def products_seconds(model: torch.nn.Module) -> float:
+    """Time of one decode step's matrix-vector products alone: every ``nn.Linear`` of ``model``
+    applied once to a single row, in turn (best of 5). No decoder can take a step faster with
+    these BLAS kernels."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = [torch.randn(1, m.in_features, dtype=m.weight.dtype) for m in linears]
+
+    def step() -> None:
+        for m, x in zip(linears, xs, strict=True):
+            torch.nn.functional.linear(x, m.weight, m.bias)
+
+    with torch.inference_mode():
+        step()
+        return min(_timed(step) for _ in range(5))
+
+
 def char_tokenizer() -> CharTokenizer:
     """A character tokenizer with exactly ``VOCAB`` ids (4 specials, 256 bytes, CJK characters)."""
     return CharTokenizer([chr(0x4E00 + i) for i in range(VOCAB - 260)])
@@ -193,9 +228,16 @@ def main() -> None:
         hf = f"{theirs:10.0f}" if theirs else f"{'-':>10}"
         print(f"{name:<22} {mode:<10} {dtype:<5} {ours:14.0f} {hf} {ratio}", flush=True)
 
+    bandwidth = read_bandwidth()
+    bounds = []
     for dims in ((4, 4, 128), (6, 6, 384)):
         name = "transformer {}x{}x{}".format(*dims)
         for label in args.dtypes.split(","):
+            model = ours_transformer(*dims, dtype=DTYPES[label])
+            size, products = weight_bytes(model), products_seconds(model)
+            bounds.append(f"{name} {label}: {size / 2**20:5.1f} MiB of weights: streaming them bounds batch 1 at "
+                          f"{bandwidth / size:5.0f} tokens/s; the products alone take {products * 1e3:.2f} ms "
+                          f"({size / products / 1e9:.1f} GB/s) -> at most {1 / products:.0f} tokens/s")
             dtype = DTYPES[label]
             ours_model = ours_transformer(*dims, dtype=dtype)
             hf_model = None if args.skip_hf else hf_gpt2(*dims, dtype=dtype)
@@ -207,6 +249,11 @@ def main() -> None:
                 t_ours, t_hf = best_times([ours, theirs], repeats)
                 row(name, mode, batch * new / t_ours, batch * new / t_hf if t_hf else None, label)
 
+    print(f"\nmemory bandwidth {bandwidth / 1e9:.1f} GB/s (streaming read). A decode step reads every weight "
+          "once, through BLAS matrix-vector kernels:")
+    for line in bounds:
+        print("  " + line)
+    print()
     torch.manual_seed(0)
     lstm = prepare_for_inference(build_model(RNNConfig(vocab_size=VOCAB, cell="lstm", n_embd=200, n_hidden=200,
                                                         n_layer=2)))
