@@ -3,7 +3,7 @@
 Each benchmark runs as its own process (so one's threads and memory never colour another's);
 its table is copied verbatim into RESULTS.md under the exact command that produced it.
 
-    python bench/run_all.py [--quick] [--with-soak] [--only NAME ...]
+    python bench/run_all.py [--quick] [--with-soak] [--only NAME ...]   (--only keeps the others' last results)
 """
 
 from __future__ import annotations
@@ -144,6 +144,16 @@ def serve_chart(text: str) -> Path | None:
     return out
 
 
+def previous_sections(path: Path) -> dict[str, tuple[str, str]]:
+    """``name -> (section, output)`` from an earlier RESULTS.md (empty if there is none)."""
+    if not path.is_file():
+        return {}
+    found = {}
+    for m in re.finditer(r"^## (\w+)\n\n`[^`]*` \(\d+ s\)\n\n```\n(.*?)\n```\n", path.read_text(), re.M | re.S):
+        found[m.group(1)] = (m.group(0), m.group(2))
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter runs (noisier figures)")
@@ -151,10 +161,14 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", help="run only these benchmarks")
     args = ap.parse_args()
     CHARTS.mkdir(exist_ok=True)
+    kept = previous_sections(BENCH / "RESULTS.md") if args.only else {}
     outputs: dict[str, str] = {}
     sections = []
     for name, cmd in benchmarks(args.quick, args.with_soak):
         if args.only and name not in args.only:
+            if name in kept:  # --only re-runs some benchmarks and keeps the others' last results
+                sections.append(kept[name][0])
+                outputs[name] = kept[name][1]
             continue
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
