@@ -20,67 +20,26 @@ from lm.score import ScoreResult, score_texts
 log = logging.getLogger(__name__)
 
 
-DECODE_ROWS = 8
-"""Rows of the product used to pick each weight's memory layout: a typical decode batch."""
-
-
-def _faster_layout(rows: int, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
-                   reps: int = 7) -> torch.Tensor:
-    """Whichever of two layouts of one weight is faster over decode batches of 1, ``rows`` and
-    4 x ``rows`` rows (summed times: the heavily loaded case weighs most): best of ``reps`` runs
-    each, taking turns, so that load from elsewhere hits both alike."""
-    import time
-
-    linear = torch.nn.functional.linear
-    gen = torch.Generator().manual_seed(0)
-    xs = [torch.randn(m, a.shape[1], generator=gen).to(a.dtype) for m in (1, rows, 4 * rows)]
-    total = [0.0, 0.0]
-    for x in xs:
-        best = [float("inf"), float("inf")]
-        for w in (a, b):
-            linear(x, w, bias)
-        for _ in range(reps):
-            for i, w in enumerate((a, b)):
-                start = time.perf_counter()
-                linear(x, w, bias)
-                best[i] = min(best[i], time.perf_counter() - start)
-        total = [t + bt for t, bt in zip(total, best, strict=True)]
-    return a if total[0] <= total[1] else b
-
-
 def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """Put ``model`` in eval mode with each ``nn.Linear`` weight in its faster memory layout.
+    """Put ``model`` in eval mode with each fp32 ``nn.Linear`` weight stored column-major.
 
     ``F.linear(x, W)`` multiplies by ``W.T``. With ``W`` stored row-major (PyTorch's default)
     that is a transposed GEMM; stored as the transpose of a contiguous ``[in, out]`` matrix
     (column-major, as HF's GPT-2 keeps its weights) it is a plain one. On CPU, at the few rows
-    per step that decoding multiplies, the two run up to 2x apart. In fp32, column-major wins in
-    the whole model at every batch size measured (``bench/decode.py``, ``bench/serve_load.py``),
-    so every fp32 weight gets it. In bf16 the winner depends on the shape (row-major for the
-    block matrices, column-major for a 10k-word output layer), so each distinct bf16 (shape,
-    dtype) is timed once both ways at 1, ``DECODE_ROWS`` and 4 x ``DECODE_ROWS`` rows and the
-    faster kept (bf16 greedy decoding of the 6x6x384 model: 1.3x the all-column speed). Shape and
-    values are unchanged, only strides; large-batch scoring is unaffected. For inference only:
-    safetensors refuses to save non-contiguous tensors, so save a model before, not after.
+    per step that decoding multiplies, the two run up to 2x apart, and which wins depends on the
+    dtype, measured in the whole model (``bench/decode.py``, ``bench/serve_load.py``): fp32 is
+    faster column-major at every batch size, bf16 row-major (6x6x384 greedy: 231 vs 212 tokens/s
+    at batch 1, 1538 vs 1219 at batch 8; timing each matrix alone picked worse layouts, since a
+    lone matrix sits in cache and a whole model does not). Shape and values are unchanged, only
+    strides; large-batch scoring is unaffected. For inference only: safetensors refuses to save
+    non-contiguous tensors, so save a model before, not after.
     """
-    chosen: dict[tuple, bool] = {}
     with torch.no_grad():
         for module in model.modules():
-            if not isinstance(module, nn.Linear) or not module.weight.is_contiguous():
-                continue
-            w = module.weight.data
-            column = w.t().contiguous().t()
-            if w.device.type != "cpu" or w.dtype == torch.float32:
-                # fp32: column-major measured faster in the whole model at every batch size
-                # (bench/decode.py, bench/serve_load.py); only low precision is shape-dependent
-                module.weight.data = column
-                continue
-            key = (tuple(w.shape), w.dtype, module.bias is not None)
-            if key not in chosen:
-                bias = module.bias.data if module.bias is not None else None
-                chosen[key] = _faster_layout(DECODE_ROWS, column, w, bias) is column
-            if chosen[key]:
-                module.weight.data = column
+            if isinstance(module, nn.Linear) and module.weight.is_contiguous() and (
+                module.weight.dtype == torch.float32 or module.weight.device.type != "cpu"
+            ):
+                module.weight.data = module.weight.data.t().contiguous().t()
     return model.eval()
 
 
