@@ -17,7 +17,8 @@ Conventions (the ones ``lmforge score`` prints and the server returns):
   previous window's end, so it has at least ``max_context - stride`` tokens of left context.
   Recurrent models have no limit: texts run in chunks that carry the hidden state, which is
   exact, and ``stride`` does not apply.
-- The loss is ``lm.losses.token_nll``, the one training and evaluation use.
+- The loss is ``lm.losses.token_nll``'s, the one training and evaluation use, computed by
+  ``hidden_token_nll`` over slices of positions so the logits of a whole batch never sit in memory.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lm.engine import model_device
-from lm.losses import perplexity, token_nll
+from lm.losses import hidden_token_nll, perplexity, token_nll
 from lm.params import ParamError
 
 RNN_CHUNK = 512
@@ -106,6 +107,17 @@ def score_ids(
     return out
 
 
+def _nll(model: nn.Module, inputs: Tensor, targets: Tensor, state, **kw):  # noqa: ANN001, ANN202
+    """Per-token NLL ``[B, T]`` and the new state; through ``hidden_token_nll`` when the model
+    exposes its ``output_layer`` (the lmforge families), else from its logits."""
+    layer = getattr(model, "output_layer", None)
+    if layer is None:
+        logits, state = model(inputs, state, **kw)
+        return token_nll(logits, targets), state
+    hidden, state = model(inputs, state, return_hidden=True, **kw)
+    return hidden_token_nll(hidden, layer, targets), state
+
+
 def windows(n: int, size: int, stride: int) -> list[tuple[int, int, int]]:
     """``(begin, end, first_scored)`` windows over ``n`` positions: ``[begin, end)`` runs, and
     ``[first_scored, end)`` is scored; every position is scored exactly once."""
@@ -135,8 +147,7 @@ def _score_windows(model: nn.Module, pairs, out: list[Tensor], size: int, stride
             x, y = pairs[i]
             inputs[r, : end - begin] = torch.tensor(x[begin:end])
             targets[r, first - begin : end - begin] = torch.tensor(y[first:end])
-        logits, _ = model(inputs.to(device), use_cache=False)
-        nll = token_nll(logits, targets.to(device)).double().cpu()
+        nll = _nll(model, inputs.to(device), targets.to(device), None, use_cache=False)[0].double().cpu()
         for r, (i, begin, end, first) in enumerate(batch):
             out[i][first:end] = nll[r, first - begin : end - begin]
 
@@ -159,7 +170,7 @@ def _score_recurrent(model: nn.Module, pairs, out: list[Tensor], batch_size: int
         state = None
         nll = torch.empty(len(batch), width, dtype=torch.float64)
         for start in range(0, width, RNN_CHUNK):
-            logits, state = model(inputs[:, start : start + RNN_CHUNK], state)
-            nll[:, start : start + RNN_CHUNK] = token_nll(logits, targets[:, start : start + RNN_CHUNK]).double().cpu()
+            chunk, state = _nll(model, inputs[:, start : start + RNN_CHUNK], targets[:, start : start + RNN_CHUNK], state)
+            nll[:, start : start + RNN_CHUNK] = chunk.double().cpu()
         for r, i in enumerate(batch):
             out[i][:] = nll[r, : len(pairs[i][1])]

@@ -133,3 +133,27 @@ def test_invalid_arguments():
         score_texts(model, TOK, [TEXT], stride=0)
     with pytest.raises(ParamError, match="batch_size must be"):
         score_texts(model, TOK, [TEXT], batch_size=0)
+
+
+@pytest.mark.parametrize("family", ["transformer", "rnn"])
+def test_sliced_output_layer_equals_full_logits(family: str) -> None:
+    """Scoring applies the output layer in slices of positions; the NLL is the full logits' one."""
+    from lm import losses
+
+    torch.manual_seed(0)
+    cfg = (TransformerConfig(vocab_size=50, block_size=40, n_layer=1, n_head=2, n_embd=16) if family == "transformer"
+           else RNNConfig(vocab_size=50, cell="lstm", n_embd=16, n_hidden=24, n_layer=1))
+    model = build_model(cfg).eval()
+    x, y = torch.randint(0, 50, (3, 40)), torch.randint(0, 50, (3, 40))
+    y[1, :5] = -100
+    with torch.inference_mode():
+        logits, _ = model(x, use_cache=False)
+        hidden, _ = model(x, use_cache=False, return_hidden=True)
+        old = losses.SCORE_ROWS
+        try:
+            losses.SCORE_ROWS = 7  # several slices, the last one short
+            sliced = losses.hidden_token_nll(hidden, model.output_layer, y)
+        finally:
+            losses.SCORE_ROWS = old
+    torch.testing.assert_close(sliced, losses.token_nll(logits, y), atol=1e-5, rtol=1e-5)
+    assert bool((sliced[1, :5] == 0).all())

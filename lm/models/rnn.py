@@ -66,6 +66,7 @@ class RNNLM(nn.Module):
         *,
         pad_mask: Tensor | None = None,
         use_cache: bool = True,  # noqa: ARG002 - the state is always returned (it is tiny)
+        return_hidden: bool = False,
     ) -> tuple[Tensor, RNNState]:
         """Run ``tokens`` after ``state``; ``pad_mask`` ``[B, T]`` marks real tokens (left padding).
 
@@ -94,7 +95,13 @@ class RNNLM(nn.Module):
         y = self.out_drop(out).reshape(B * T, out.shape[-1])
         if self.proj is not None:
             y = self.proj(y)
+        if return_hidden:  # what ``output_layer`` takes: scoring applies it in slices (lm.losses)
+            return y.view(B, T, y.shape[-1]), new_state
         return self.decoder(y).view(B, T, self.decoder.out_features), new_state
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.decoder
 
     def _recur(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor], pad_mask: Tensor | None):  # noqa: ANN202
         T = x.shape[1]

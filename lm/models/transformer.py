@@ -159,17 +159,20 @@ class TransformerLM(nn.Module):
         *,
         pad_mask: Tensor | None = None,
         use_cache: bool = True,
+        return_hidden: bool = False,
     ) -> tuple[Tensor, KVCache | None]:
         """Run ``tokens`` after ``state``.
 
         ``pad_mask`` ``[B, T]`` is True for real tokens (left padding only). With
         ``use_cache=False`` and no state this is the plain training forward (causal SDPA).
+        ``return_hidden`` returns the final hidden states ``[B, T, n_embd]`` instead of logits
+        (apply ``output_layer`` to them; scoring does so in slices, see ``lm.losses``).
         """
         B, T = tokens.shape
         device = tokens.device
         if not use_cache and state is None and pad_mask is None:
             pos = torch.arange(T, device=device)
-            return self._run(tokens, pos, T - 1, None, None, True), None
+            return self._run(tokens, pos, T - 1, None, None, True, return_hidden), None
 
         cache = state
         start = 0 if cache is None else cache.length
@@ -213,7 +216,7 @@ class TransformerLM(nn.Module):
             else:
                 q_idx = torch.arange(start, S, device=device)[:, None]
                 mask = torch.arange(S, device=device)[None, :] <= q_idx
-        logits = self._run(tokens, pos, bound, cache, mask, is_causal)
+        logits = self._run(tokens, pos, bound, cache, mask, is_causal, return_hidden)
         cache.length = S
         cache.padded = padded
         cache.next_pos = base + (T if pad_mask is None else pad_mask.long().sum(1))
@@ -224,8 +227,12 @@ class TransformerLM(nn.Module):
             return torch.get_autocast_dtype(self.wte.weight.device.type)
         return self.wte.weight.dtype
 
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.lm_head
+
     def _run(self, tokens: Tensor, pos: Tensor, bound: int, cache: KVCache | None, mask: Tensor | None,
-             is_causal: bool) -> Tensor:
+             is_causal: bool, return_hidden: bool = False) -> Tensor:
         x = self.wte(tokens)
         rope = None
         if self.wpe is not None:
@@ -235,4 +242,5 @@ class TransformerLM(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask, is_causal)
-        return self.lm_head(self.ln_f(x))
+        x = self.ln_f(x)
+        return x if return_hidden else self.lm_head(x)
