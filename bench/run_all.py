@@ -56,12 +56,27 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def loss_chart() -> Path | None:
+def _pyplot():  # noqa: ANN202
+    """matplotlib.pyplot on the file-only backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, name: str) -> Path:  # noqa: ANN001
+    """Write ``fig`` to ``charts/<name>`` and free it."""
+    fig.tight_layout()
+    out = CHARTS / name
+    fig.savefig(out)
+    _pyplot().close(fig)
+    return out
+
+
+def loss_chart() -> Path | None:
+    plt = _pyplot()
     files = sorted((REPO / "checkpoints" / "curves").glob("*.metrics.jsonl"))
     if not files:
         return None
@@ -80,15 +95,11 @@ def loss_chart() -> Path | None:
         ax.set_ylabel("loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    out = CHARTS / "loss_curves.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, "loss_curves.png")
 
 
 def decode_chart(text: str) -> Path | None:
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = re.findall(r"^((?:transformer|lstm) \S+)\s+([a-z0-9]+-b\d+)\s+(fp32|bf16)\s+(\d+)\s+(\d+|-)", text, re.M)
     if not rows:
@@ -106,15 +117,11 @@ def decode_chart(text: str) -> Path | None:
     ax.set_title("decode throughput by model and strategy")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out = CHARTS / "decode.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, "decode.png")
 
 
 def serve_chart(text: str) -> Path | None:
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = re.findall(r"^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$", text, re.M)
     if not rows:
@@ -137,11 +144,7 @@ def serve_chart(text: str) -> Path | None:
     b.set_title("request latency (64 new tokens)")
     b.grid(alpha=0.3)
     b.legend()
-    fig.tight_layout()
-    out = CHARTS / "serve.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, "serve.png")
 
 
 def previous_sections(path: Path) -> dict[str, tuple[str, str]]:

@@ -63,11 +63,6 @@ def shard_transformer(model: nn.Module) -> None:
     fully_shard(model)
 
 
-def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
 
 def _full_options(**kw: bool):  # noqa: ANN202
     from torch.distributed.checkpoint.state_dict import StateDictOptions

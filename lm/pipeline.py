@@ -20,6 +20,11 @@ from lm.score import ScoreResult, score_texts
 log = logging.getLogger(__name__)
 
 
+WEIGHT_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Weight precisions by the names the CLI's ``--dtype`` and ``lmforge serve --dtype`` take
+(``None``: as stored and loaded, fp32)."""
+
+
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """Put ``model`` in eval mode with each fp32 ``nn.Linear`` weight stored column-major.
 
@@ -56,9 +61,12 @@ class Pipeline:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], *, device: str | torch.device | None = None,
-                        name: str | None = None, dtype: torch.dtype | None = None) -> Pipeline:
+                        name: str | None = None, dtype: torch.dtype | str | None = None) -> Pipeline:
         """Load a checkpoint (or a run directory's best/latest one) onto ``device`` (default:
-        cuda, else mps, else cpu), optionally cast to ``dtype`` (e.g. ``torch.bfloat16``)."""
+        cuda, else mps, else cpu), optionally cast to ``dtype`` (``torch.bfloat16``, or a name of
+        ``WEIGHT_DTYPES`` as the CLI and the server settings give it)."""
+        if isinstance(dtype, str):
+            dtype = WEIGHT_DTYPES[dtype]
         directory = resolve_checkpoint_dir(path)
         model, tokenizer, config = load_checkpoint(directory, device=device, dtype=dtype)
         name = name or Path(path).resolve().name

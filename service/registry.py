@@ -106,10 +106,9 @@ class ModelRegistry:
         threads = self.settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.settings.dtype]
         for name, path in discover(self.settings.checkpoints, self.settings.models).items():
             try:
-                pipeline = Pipeline.from_checkpoint(path, device=self.settings.device, name=name, dtype=dtype)
+                pipeline = Pipeline.from_checkpoint(path, device=self.settings.device, name=name, dtype=self.settings.dtype)
             except Exception as exc:  # any bad checkpoint is skipped, whatever the failure
                 log.error("skipping model %r at %s: %s", name, path, exc)
                 self.failed[name] = str(exc)

@@ -46,12 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def torch_dtype(name: str):  # noqa: ANN201 - torch is imported lazily (keeps `lmforge --help` fast)
-    import torch
-
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
 def run(args: argparse.Namespace) -> int:
     from lm.engine import FinishEvent
     from lm.params import GenerationParams, ParamError
@@ -68,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     except ParamError as exc:
         print(f"lmforge generate: error: {exc}", file=sys.stderr)
         return 2
-    pipe = Pipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=torch_dtype(args.dtype))
+    pipe = Pipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
 
     if args.stream:
         for prompt in args.prompt:

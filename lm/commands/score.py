@@ -13,7 +13,7 @@ import math
 import sys
 from pathlib import Path
 
-from lm.commands.generate import DTYPES, torch_dtype
+from lm.commands.generate import DTYPES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             labels.append(name)
             texts.append(text)
-    pipe = Pipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=torch_dtype(args.dtype))
+    pipe = Pipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
     try:
         results = score_texts(pipe.model, pipe.tokenizer, texts, stride=args.stride, batch_size=args.batch_size,
                               token_logprobs=args.token_logprobs and args.json, device=pipe.device)
