@@ -14,6 +14,7 @@ from lm.checkpoint import load_checkpoint, resolve_checkpoint_dir
 from lm.config import ModelConfig
 from lm.engine import DecodeSession, Event, model_device
 from lm.generate import generate
+from lm.inference import prepare_for_inference
 from lm.params import Completion, GenerationParams
 from lm.score import ScoreResult, score_texts
 
@@ -23,29 +24,6 @@ log = logging.getLogger(__name__)
 WEIGHT_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Weight precisions by the names the CLI's ``--dtype`` and ``lmforge serve --dtype`` take
 (``None``: as stored and loaded, fp32)."""
-
-
-def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """Put ``model`` in eval mode with each fp32 ``nn.Linear`` weight stored column-major.
-
-    ``F.linear(x, W)`` multiplies by ``W.T``. With ``W`` stored row-major (PyTorch's default)
-    that is a transposed GEMM; stored as the transpose of a contiguous ``[in, out]`` matrix
-    (column-major, as HF's GPT-2 keeps its weights) it is a plain one. On CPU, at the few rows
-    per step that decoding multiplies, the two run up to 2x apart, and which wins depends on the
-    dtype, measured in the whole model (``bench/decode.py``, ``bench/serve_load.py``): fp32 is
-    faster column-major at every batch size, bf16 row-major (6x6x384 greedy: 231 vs 212 tokens/s
-    at batch 1, 1538 vs 1219 at batch 8; timing each matrix alone picked worse layouts, since a
-    lone matrix sits in cache and a whole model does not). Shape and values are unchanged, only
-    strides; large-batch scoring is unaffected. For inference only: safetensors refuses to save
-    non-contiguous tensors, so save a model before, not after.
-    """
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear) and module.weight.is_contiguous() and (
-                module.weight.dtype == torch.float32 or module.weight.device.type != "cpu"
-            ):
-                module.weight.data = module.weight.data.t().contiguous().t()
-    return model.eval()
 
 
 class Pipeline:
