@@ -100,15 +100,16 @@ def weight_bytes(model: torch.nn.Module) -> int:
 
 
 def products_seconds(model: torch.nn.Module) -> float:
-    """Time of one decode step's matrix-vector products alone: every ``nn.Linear`` of ``model``
-    applied once to a single row, in turn (best of 20). No decoder can take a step faster with
-    these BLAS kernels."""
+    """Time of one decode step's matrix-vector products alone: every ``nn.Linear`` of the
+    prepared ``model`` applied once to a single row, in turn, through the kernels it decodes
+    with (``lm.inference.PackedLinear``; best of 20). No decoder can take a step faster with
+    these kernels."""
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     xs = [torch.randn(1, m.in_features, dtype=m.weight.dtype) for m in linears]
 
     def step() -> None:
         for m, x in zip(linears, xs, strict=True):
-            torch.nn.functional.linear(x, m.weight, m.bias)
+            m(x)
 
     with torch.inference_mode():
         step()
@@ -250,7 +251,7 @@ def main() -> None:
                 row(name, mode, batch * new / t_ours, batch * new / t_hf if t_hf else None, label)
 
     print(f"\nmemory bandwidth {bandwidth / 1e9:.1f} GB/s (streaming read). A decode step reads every weight "
-          "once, through BLAS matrix-vector kernels:")
+          "once, through the kernels lmforge decodes with (bench/linear.py compares them):")
     for line in bounds:
         print("  " + line)
     print()

@@ -33,6 +33,7 @@ def benchmarks(quick: bool, soak: bool) -> list[tuple[str, list[str]]]:
         ("train", [py, "bench/train.py", "--compile", "--steps", "10" if quick else "20", "--rounds", "2" if quick else "3",
                    "--quality-steps", "0" if quick else "400"]),
         ("quality", [py, "bench/quality.py"]),
+        ("linear", [py, "bench/linear.py", "--repeats", "10" if quick else "20"]),
         ("decode", [py, "bench/decode.py", "--repeats", "1" if quick else "2", "--new-tokens", "128" if quick else "256"]),
         ("serve_load", [py, "bench/serve_load.py", "--duration", "6" if quick else "15"]),
     ]

@@ -28,6 +28,10 @@ GEMV_MAX_BYTES = 1 << 20
 """A single fp32 row times a weight of at most this many bytes goes to MKL's matrix-vector
 kernel: measured faster there for matrices that stay in cache (``bench/linear.py --rows 1``)."""
 
+WIDE = 8
+"""A single fp32 row times a matrix with at least this many times more outputs than inputs (an
+output layer) also goes to MKL, whose matrix-vector kernel streams such a matrix well."""
+
 PACK_BATCH_HINT = 8
 """Rows the reordered layout is tuned for (oneDNN picks its blocking for this many); it serves
 every row count."""
@@ -73,8 +77,10 @@ class PackedLinear(nn.Linear):
         with torch.no_grad():
             self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_BATCH_HINT)
         self._packed_version = _version(weight)
-        self._gemv_small = (weight.dtype == torch.float32
-                            and weight.numel() * weight.element_size() <= GEMV_MAX_BYTES)
+        out_features, in_features = weight.shape
+        self._gemv_small = weight.dtype == torch.float32 and (
+            weight.numel() * weight.element_size() <= GEMV_MAX_BYTES or out_features >= WIDE * in_features
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         packed = self._packed

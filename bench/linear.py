@@ -1,0 +1,93 @@
+"""The matrix products of one decode step, by kernel: why ``lm.inference.PackedLinear`` exists.
+
+    python bench/linear.py [--rows 1,2,4,8,16,32,64,512] [--threads N] [--repeats 20]
+
+For each benchmark model's set of ``nn.Linear`` shapes (a 4x4x128 and a 6x6x384 Transformer with
+a 10,000-word output layer, as in ``bench/decode.py``) it times every matrix applied once to a
+batch of ``rows`` rows, in turn, through: PyTorch's default ``F.linear`` with the weight
+row-major (``row``) and column-major (``col``, how ``prepare_for_inference`` stores fp32
+weights), oneDNN with the weight reordered once ahead of time (``packed``), and
+``PackedLinear`` itself (``ours``: its rule picks MKL or oneDNN per call). Milliseconds per set,
+best of ``--repeats``; the last column is the speed-up of ``ours`` over the better default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # bench/tokenizer.py shadows
+
+from lm.inference import PACK_BATCH_HINT, PackedLinear, packed_linear, packing_supported  # noqa: E402
+
+VOCAB = 10_000
+MODELS = {
+    "4x4x128": (4, 128),
+    "6x6x384": (6, 384),
+}
+
+
+def shapes(n_layer: int, d: int) -> list[tuple[int, int]]:
+    """(in, out) of every matrix a GPT-2-style block stack and its output layer multiply by."""
+    block = [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)]
+    return block * n_layer + [(d, VOCAB)]
+
+
+def best_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="1,2,4,8,16,32,64,512")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per set of products, "
+          f"best of {args.repeats}; packed for {PACK_BATCH_HINT} rows")
+    print(f"{'model':<8} {'dtype':<5} {'rows':>5} {'row':>8} {'col':>8} {'packed':>8} {'ours':>8} {'speed-up':>9}")
+    for name, (n_layer, d) in MODELS.items():
+        for dtype in (torch.float32, torch.bfloat16):
+            if not packing_supported(torch.ones(1, dtype=dtype)):
+                continue
+            torch.manual_seed(0)
+            layers = [nn.Linear(i, o).to(dtype) for i, o in shapes(n_layer, d)]
+            cols = [layer.weight.detach().t().contiguous().t() for layer in layers]
+            ours = []
+            for layer, col in zip(layers, cols, strict=True):
+                packed = PackedLinear(nn.Linear(layer.in_features, layer.out_features).to(dtype))
+                with torch.no_grad():
+                    packed.weight.copy_(col if dtype == torch.float32 else layer.weight)
+                    packed.bias.copy_(layer.bias)
+                packed.repack()
+                ours.append(packed)
+            for rows in (int(r) for r in args.rows.split(",")):
+                xs = [torch.randn(rows, layer.in_features, dtype=dtype) for layer in layers]
+                reps = max(3, args.repeats // 4) if rows >= 256 else args.repeats
+                with torch.inference_mode():
+                    t_row = best_ms(lambda: [F.linear(x, m.weight, m.bias) for x, m in zip(xs, layers, strict=True)], reps)  # noqa: B023
+                    t_col = best_ms(lambda: [F.linear(x, w, m.bias) for x, w, m in zip(xs, cols, layers, strict=True)], reps)  # noqa: B023
+                    t_pk = best_ms(lambda: [packed_linear(x, m._packed, m.bias) for x, m in zip(xs, ours, strict=True)], reps)  # noqa: B023
+                    t_ours = best_ms(lambda: [m(x) for x, m in zip(xs, ours, strict=True)], reps)  # noqa: B023
+                print(f"{name:<8} {str(dtype)[6:][:5]:<5} {rows:>5} {t_row:8.2f} {t_col:8.2f} {t_pk:8.2f} "
+                      f"{t_ours:8.2f} {min(t_row, t_col) / t_ours:8.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
