@@ -14,6 +14,7 @@ best of ``--repeats``; the last column is the speed-up of ``ours`` over the bett
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from torch import nn
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # bench/tokenizer.py shadows
 
-from lm.inference import PACK_BATCH_HINT, PackedLinear, packed_linear, packing_supported  # noqa: E402
+from lm.inference import PACK_BATCH_HINT, packed_linear, packing_supported, prepare_for_inference  # noqa: E402
 
 VOCAB = 10_000
 MODELS = {
@@ -63,20 +64,14 @@ def main() -> None:
           f"best of {args.repeats}; packed for {PACK_BATCH_HINT} rows")
     print(f"{'model':<8} {'dtype':<5} {'rows':>5} {'row':>8} {'col':>8} {'packed':>8} {'ours':>8} {'speed-up':>9}")
     for name, (n_layer, d) in MODELS.items():
-        for dtype in (torch.float32, torch.bfloat16):
+        for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             if not packing_supported(torch.ones(1, dtype=dtype)):
                 continue
             torch.manual_seed(0)
             layers = [nn.Linear(i, o).to(dtype) for i, o in shapes(n_layer, d)]
             cols = [layer.weight.detach().t().contiguous().t() for layer in layers]
-            ours = []
-            for layer, col in zip(layers, cols, strict=True):
-                packed = PackedLinear(nn.Linear(layer.in_features, layer.out_features).to(dtype))
-                with torch.no_grad():
-                    packed.weight.copy_(col if dtype == torch.float32 else layer.weight)
-                    packed.bias.copy_(layer.bias)
-                packed.repack()
-                ours.append(packed)
+            # the layout prepare_for_inference gives (fp32 column-major, bf16 row-major)
+            ours = [prepare_for_inference(nn.Sequential(copy.deepcopy(layer)))[0] for layer in layers]
             for rows in (int(r) for r in args.rows.split(",")):
                 xs = [torch.randn(rows, layer.in_features, dtype=dtype) for layer in layers]
                 reps = max(3, args.repeats // 4) if rows >= 256 else args.repeats
@@ -85,7 +80,7 @@ def main() -> None:
                     t_col = best_ms(lambda: [F.linear(x, w, m.bias) for x, w, m in zip(xs, cols, layers, strict=True)], reps)  # noqa: B023
                     t_pk = best_ms(lambda: [packed_linear(x, m._packed, m.bias) for x, m in zip(xs, ours, strict=True)], reps)  # noqa: B023
                     t_ours = best_ms(lambda: [m(x) for x, m in zip(xs, ours, strict=True)], reps)  # noqa: B023
-                print(f"{name:<8} {str(dtype)[6:][:5]:<5} {rows:>5} {t_row:8.2f} {t_col:8.2f} {t_pk:8.2f} "
+                print(f"{name:<8} {label:<5} {rows:>5} {t_row:8.2f} {t_col:8.2f} {t_pk:8.2f} "
                       f"{t_ours:8.2f} {min(t_row, t_col) / t_ours:8.2f}x", flush=True)
 
 

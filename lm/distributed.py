@@ -63,7 +63,6 @@ def shard_transformer(model: nn.Module) -> None:
     fully_shard(model)
 
 
-
 def _full_options(**kw: bool):  # noqa: ANN202
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 

@@ -7,18 +7,22 @@ time, into its own blocked layout (``bench/linear.py``: the 36 matrices of a 6x6
 Transformer plus its 10,000-word output layer take 8.0 ms at 8 rows through MKL and 2.8 ms
 through prepacked oneDNN; bf16 4.5 ms and 2.3 ms). ``PackedLinear`` keeps that reordered copy
 beside the ordinary weight and uses it whenever no gradient is wanted. The one case where MKL
-stays ahead is a single fp32 row times a small matrix that sits in cache (its matrix-vector
-kernel has less fixed cost per call) or when PyTorch runs on one thread (MKL's kernel is then
-as fast as oneDNN's and has less fixed cost; oneDNN gains by splitting a large matrix across
-threads), so a single fp32 row goes to MKL for matrices up to ``GEMV_MAX_BYTES`` or on one
-thread, with the weight stored column-major, which suits that kernel.
+stays ahead is a single fp32 row: times a small matrix that sits in cache (its matrix-vector
+kernel has less fixed cost per call), times a wide output layer (which that kernel streams
+well), or on one thread (oneDNN gains by splitting a large matrix across threads). Such a row
+goes to MKL, with the weight stored column-major, which suits that kernel. Measured in whole
+models, not one matrix alone: a lone matrix sits in cache, a model's weights mostly do not.
 
 This is PyTorch's own machinery (``torch.ops.mkldnn._reorder_linear_weight`` and
 ``_linear_pointwise``, what ``torch.compile`` emits for a frozen CPU model), used eagerly. Where
-oneDNN is absent, or on another device, ``prepare_for_inference`` leaves the layers as they are.
+oneDNN is absent, on another device or on a CPU other than x86-64 (not measured),
+``prepare_for_inference`` leaves the layers as they are.
 """
 
 from __future__ import annotations
+
+import functools
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -32,15 +36,29 @@ WIDE = 8
 """A single fp32 row times a matrix with at least this many times more outputs than inputs (an
 output layer) also goes to MKL, whose matrix-vector kernel streams such a matrix well."""
 
+X86_64 = ("x86_64", "amd64")
+
 PACK_BATCH_HINT = 8
 """Rows the reordered layout is tuned for (oneDNN picks its blocking for this many); it serves
 every row count."""
 
 
+@functools.cache
+def _has_packed_ops() -> bool:
+    """Whether this PyTorch build has the oneDNN prepacking ops (checked once, on first use)."""
+    try:
+        return all(callable(getattr(torch.ops.mkldnn, op)) for op in
+                   ("_reorder_linear_weight", "_linear_pointwise", "_is_mkldnn_bf16_supported"))
+    except (AttributeError, RuntimeError):  # an older or differently built PyTorch
+        return False
+
+
 def packing_supported(weight: Tensor) -> bool:
-    """True when oneDNN can take ``weight``'s products here: CPU, oneDNN built in, and fp32 or
-    bf16 (bf16 only where the CPU has native bf16 instructions)."""
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    """True when oneDNN can take ``weight``'s products here: an x86-64 CPU (where it was
+    measured; elsewhere PyTorch's default kernels stay), oneDNN built in, and fp32 or bf16 (bf16
+    only where the CPU has native bf16 instructions)."""
+    if (weight.device.type != "cpu" or platform.machine().lower() not in X86_64
+            or not torch.backends.mkldnn.is_available() or not _has_packed_ops()):
         return False
     if weight.dtype == torch.float32:
         return True
@@ -52,9 +70,12 @@ class PackedLinear(nn.Linear):
     into oneDNN's blocked layout.
 
     It shares the original ``weight`` and ``bias`` parameters (a tied output layer stays tied,
-    ``state_dict`` is unchanged) and falls back to ``F.linear`` whenever the fast path does not
-    apply: gradients wanted, autocast on, another dtype or device. The reordered copy is rebuilt
-    when the weight changes in place (its version counter moves) or the module is moved or cast.
+    ``state_dict`` is unchanged) and takes the fast path only with gradients off (``no_grad`` or
+    ``inference_mode``, as decoding and scoring run): with them on, under autocast, with oneDNN
+    disabled, or for another dtype or device it is a plain ``nn.Linear``. The reordered copy is
+    rebuilt when the weight is changed in place (its version counter moves), replaced
+    (``.data =``, a new ``Parameter``, ``load_state_dict``), moved or cast; it is never pickled
+    (``copy.deepcopy`` and ``torch.save`` work and repack on first use).
     """
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -64,39 +85,33 @@ class PackedLinear(nn.Linear):
         self.weight = linear.weight
         self.bias = linear.bias
         self._packed: Tensor | None = None
-        self._packed_version = -1
+        self._packed_key: tuple[int, int] | None = None
         self._gemv_small = False
         self.repack()
 
     def repack(self) -> None:
         """(Re)build the reordered copy of the weight from its current values."""
         weight = self.weight.detach()
+        self._packed_key = _weight_key(weight)
         if not packing_supported(weight):
             self._packed = None
             return
         with torch.no_grad():
             self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_BATCH_HINT)
-        self._packed_version = _version(weight)
         out_features, in_features = weight.shape
         self._gemv_small = weight.dtype == torch.float32 and (
             weight.numel() * weight.element_size() <= GEMV_MAX_BYTES or out_features >= WIDE * in_features
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        packed = self._packed
-        if (
-            packed is None
-            or x.dtype != packed.dtype
-            or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            or torch.is_autocast_enabled("cpu")
-            or (x.numel() == x.shape[-1] and self._single_row_gemv())
-        ):
-            return F.linear(x, self.weight, self.bias)
-        if _version(self.weight) != self._packed_version:  # changed in place since packing
+        weight = self._parameters["weight"]
+        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or not torch._C._get_mkldnn_enabled():
+            return F.linear(x, weight, self.bias)
+        if _weight_key(weight) != self._packed_key:  # changed or replaced since packing
             self.repack()
-            packed = self._packed
-            if packed is None:
-                return F.linear(x, self.weight, self.bias)
+        packed = self._packed
+        if packed is None or x.dtype != packed.dtype or (x.numel() == x.shape[-1] and self._single_row_gemv()):
+            return F.linear(x, weight, self.bias)
         return packed_linear(x, packed, self.bias)
 
     def _single_row_gemv(self) -> bool:
@@ -108,6 +123,13 @@ class PackedLinear(nn.Linear):
         self.repack()  # moved or cast: the reordered copy must follow
         return self
 
+    def __getstate__(self) -> dict:
+        # oneDNN's opaque tensor has no storage to pickle or deep-copy: drop it, repack on use
+        state = super().__getstate__()
+        state = dict(state)
+        state["_packed"], state["_packed_key"] = None, None
+        return state
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, packed={self._packed is not None}"
 
@@ -117,9 +139,11 @@ def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-def _version(t: Tensor) -> int:
-    """``t``'s in-place modification counter (inference tensors have none and never change)."""
-    return -2 if t.is_inference() else t._version
+def _weight_key(weight: Tensor) -> tuple[int, int]:
+    """What identifies the values a reordered copy was made from: the storage and its in-place
+    modification counter. Inference tensors have no counter: a weight created under
+    ``torch.inference_mode`` and changed in place there is not noticed (call ``repack``)."""
+    return weight.data_ptr(), (-1 if weight.is_inference() else weight._version)
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:

@@ -44,6 +44,8 @@ class Pipeline:
         cuda, else mps, else cpu), optionally cast to ``dtype`` (``torch.bfloat16``, or a name of
         ``WEIGHT_DTYPES`` as the CLI and the server settings give it)."""
         if isinstance(dtype, str):
+            if dtype not in WEIGHT_DTYPES:
+                raise ValueError(f"dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
             dtype = WEIGHT_DTYPES[dtype]
         directory = resolve_checkpoint_dir(path)
         model, tokenizer, config = load_checkpoint(directory, device=device, dtype=dtype)

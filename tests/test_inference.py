@@ -55,8 +55,10 @@ def test_packed_equals_linear(dtype: torch.dtype, shape: tuple[int, ...], bias: 
 
 
 def test_single_row_rule(spy: list) -> None:
-    """One fp32 row: MKL on one thread or for small matrices, oneDNN for big ones on more threads."""
+    """One fp32 row: MKL on one thread or for small or wide (output-layer) matrices, oneDNN for
+    big ones on more threads."""
     big = PackedLinear(nn.Linear(512, 1024))  # 2 MiB > GEMV_MAX_BYTES
+    wide = PackedLinear(nn.Linear(64, 64 * inference.WIDE * 2))  # 2 MiB, an output layer's shape
     x = torch.randn(1, 512)
     threads = torch.get_num_threads()
     with torch.inference_mode():
@@ -66,9 +68,11 @@ def test_single_row_rule(spy: list) -> None:
         torch.set_num_threads(2)
         try:
             out = big(x)
+            wide(torch.randn(1, 64))
+            wide(torch.randn(2, 64))
         finally:
             torch.set_num_threads(threads)
-    assert spy == [(1, 512)]
+    assert spy == [(1, 512), (2, 64)]
     torch.testing.assert_close(out, F.linear(x, big.weight, big.bias), **TOL[torch.float32])
 
 
@@ -111,19 +115,71 @@ def test_cast_after_packing_follows(spy: list) -> None:
 
 
 def test_training_takes_the_autograd_path(spy: list) -> None:
-    """With gradients wanted the ordinary ``F.linear`` runs, so a prepared model still trains."""
+    """With gradients on the ordinary ``F.linear`` runs, so a prepared model still trains --
+    also a trainable bias beside a frozen weight."""
     torch.manual_seed(0)
     layer = PackedLinear(nn.Linear(16, 8))
     x = torch.randn(4, 16)
     layer(x).square().sum().backward()
     assert spy == [] and layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    layer.weight.requires_grad_(False)
+    layer.bias.grad = None
+    layer(x).square().sum().backward()
+    assert spy == [] and layer.bias.grad is not None
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         assert layer(x).dtype == torch.bfloat16  # autocast casts as for nn.Linear
     assert spy == []
 
 
+def test_replaced_weight_repacks(spy: list) -> None:
+    """A weight swapped for another tensor (``.data =``, a new Parameter, ``load_state_dict``
+    with ``assign``) is repacked, not served from the old copy."""
+    torch.manual_seed(0)
+    layer = PackedLinear(nn.Linear(16, 8))
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        layer.weight.data = torch.randn(8, 16)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), **TOL[torch.float32])
+        layer.weight = nn.Parameter(torch.randn(8, 16))
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), **TOL[torch.float32])
+        layer.load_state_dict({"weight": torch.randn(8, 16), "bias": torch.randn(8)}, assign=True)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), **TOL[torch.float32])
+    assert len(spy) == 3
+
+
+def test_deepcopy_and_pickle(tmp_path) -> None:  # noqa: ANN001
+    """oneDNN's reordered copy cannot be pickled; a prepared model still deep-copies and saves."""
+    import copy
+
+    torch.manual_seed(0)
+    model = prepare_for_inference(build_model(TransformerConfig(vocab_size=40, block_size=16, n_layer=1,
+                                                                n_head=2, n_embd=16)))
+    tokens = torch.randint(0, 40, (2, 6))
+    clone = copy.deepcopy(model)
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    with torch.inference_mode():
+        ref = model(tokens)[0]
+        torch.testing.assert_close(clone(tokens)[0], ref)
+        torch.testing.assert_close(loaded(tokens)[0], ref)
+    assert clone.lm_head.weight is clone.wte.weight
+
+
+def test_tied_output_layer_follows_the_embedding(spy: list) -> None:
+    """An in-place change made through the embedding reaches the (tied) packed output layer."""
+    torch.manual_seed(0)
+    model = prepare_for_inference(build_model(TransformerConfig(vocab_size=40, block_size=16, n_layer=1,
+                                                                n_head=2, n_embd=16)))
+    hidden = torch.randn(3, 16)
+    with torch.no_grad():
+        model.wte.weight.mul_(-2.0)
+        torch.testing.assert_close(model.output_layer(hidden), F.linear(hidden, model.wte.weight),
+                                   **TOL[torch.float32])
+    assert spy == [(3, 16)]
+
+
 @pytest.mark.parametrize("dtype", dtypes())
-def test_prepared_model_decodes_like_the_plain_one(dtype: torch.dtype) -> None:
+def test_prepared_model_decodes_like_the_plain_one(dtype: torch.dtype, spy: list) -> None:
     """Greedy decoding and scoring logits agree between a plain and a prepared model, batched
     (the packed path) and single-row."""
     torch.manual_seed(0)
@@ -140,5 +196,26 @@ def test_prepared_model_decodes_like_the_plain_one(dtype: torch.dtype) -> None:
     prompts = [[5, 9, 11], [7], [280, 3, 100, 101]]
     params = GenerationParams(strategy="greedy", max_new_tokens=12, stop_at_eos=False)
     ours = generate(prepared, tok, prompts, params)
+    assert spy, "the batched decode steps should take the packed path"
     ref = generate(plain, tok, prompts, params)
     assert [c[0].token_ids for c in ours] == [c[0].token_ids for c in ref]
+
+
+def test_prepared_rnn_scores_like_the_plain_one(spy: list) -> None:
+    """An LSTM with a projection before its tied decoder: same logits and perplexity prepared."""
+    from lm.config import RNNConfig
+    from lm.score import score_ids
+
+    torch.manual_seed(0)
+    cfg = RNNConfig(vocab_size=120, cell="lstm", n_embd=16, n_hidden=24, n_layer=2, tie_weights=True)
+    plain = build_model(cfg).eval()
+    prepared = prepare_for_inference(build_model(cfg))
+    prepared.load_state_dict(plain.state_dict())
+    assert isinstance(prepared.proj, PackedLinear) and prepared.decoder.weight is prepared.embedding.weight
+    tokens = torch.randint(0, 120, (3, 30))
+    with torch.inference_mode():
+        torch.testing.assert_close(prepared(tokens)[0], plain(tokens)[0], **TOL[torch.float32])
+    ids = [torch.randint(4, 120, (200,)).tolist()]
+    torch.testing.assert_close(score_ids(prepared, ids, context_id=3), score_ids(plain, ids, context_id=3),
+                               **TOL[torch.float32])
+    assert spy
