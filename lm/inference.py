@@ -28,6 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+PACK_MIN_BYTES = 640 << 10
+"""fp32 matrices smaller than this stay plain ``nn.Linear`` layers: they sit in cache, where
+oneDNN's fixed cost per call (15-30 us) outweighs what it saves at every row count up to 32
+(measured for the blocks of 128- and 192-wide Transformers, 192 x 768 = 576 KiB the largest,
+on one and two threads); from 256 x 1024 (1 MiB) on it wins at two rows or more. bf16 matrices
+are always packed: PyTorch sends them to oneDNN anyway, and unpacked it reorders the weight on
+every call."""
+
 GEMV_MAX_BYTES = 1 << 20
 """A single fp32 row times a weight of at most this many bytes goes to MKL's matrix-vector
 kernel: measured faster there for matrices that stay in cache (``bench/linear.py --rows 1``)."""
@@ -51,6 +59,13 @@ def _has_packed_ops() -> bool:
                    ("_reorder_linear_weight", "_linear_pointwise", "_is_mkldnn_bf16_supported"))
     except (AttributeError, RuntimeError):  # an older or differently built PyTorch
         return False
+
+
+def worth_packing(weight: Tensor) -> bool:
+    """Whether ``prepare_for_inference`` makes a ``PackedLinear`` of a layer with ``weight``."""
+    return packing_supported(weight) and (
+        weight.dtype != torch.float32 or weight.numel() * weight.element_size() >= PACK_MIN_BYTES
+    )
 
 
 def packing_supported(weight: Tensor) -> bool:
@@ -82,8 +97,8 @@ class PackedLinear(nn.Linear):
         nn.Module.__init__(self)
         self.in_features = linear.in_features
         self.out_features = linear.out_features
-        self.weight = linear.weight
-        self.bias = linear.bias
+        self.register_parameter("weight", linear.weight)
+        self.register_parameter("bias", linear.bias)  # registered even when None, as in nn.Linear
         self._packed: Tensor | None = None
         self._packed_key: tuple[int, int] | None = None
         self._gemv_small = False
@@ -104,15 +119,16 @@ class PackedLinear(nn.Linear):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self._parameters["weight"]
+        params = self._parameters
+        weight, bias = params["weight"], params["bias"]
         if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or not torch._C._get_mkldnn_enabled():
-            return F.linear(x, weight, self.bias)
+            return F.linear(x, weight, bias)
         if _weight_key(weight) != self._packed_key:  # changed or replaced since packing
             self.repack()
         packed = self._packed
         if packed is None or x.dtype != packed.dtype or (x.numel() == x.shape[-1] and self._single_row_gemv()):
-            return F.linear(x, weight, self.bias)
-        return packed_linear(x, packed, self.bias)
+            return F.linear(x, weight, bias)
+        return packed_linear(x, packed, bias)
 
     def _single_row_gemv(self) -> bool:
         """Whether one fp32 row goes to MKL's matrix-vector kernel rather than oneDNN."""
@@ -149,7 +165,8 @@ def _weight_key(weight: Tensor) -> tuple[int, int]:
 def prepare_for_inference(model: nn.Module) -> nn.Module:
     """Put ``model`` in eval mode with its ``nn.Linear`` layers ready for fast inference.
 
-    On CPU each fp32/bf16 ``nn.Linear`` becomes a ``PackedLinear`` (see the module docstring);
+    On CPU each bf16 ``nn.Linear``, and each fp32 one of at least ``PACK_MIN_BYTES``, becomes a
+    ``PackedLinear`` (see the module docstring);
     fp32 weights are also stored column-major for the single-row MKL path (``F.linear(x, W)``
     multiplies by ``W.T``, a plain GEMM when ``W`` is the transpose of a contiguous ``[in, out]``
     matrix; shape and values are unchanged, only strides). Elsewhere (CUDA, MPS) fp32 and
@@ -164,6 +181,6 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
                 module.weight.data = module.weight.data.t().contiguous().t()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and packing_supported(child.weight):
+            if type(child) is nn.Linear and worth_packing(child.weight):
                 setattr(parent, name, PackedLinear(child))
     return model.eval()

@@ -25,6 +25,12 @@ def dtypes() -> list[torch.dtype]:
 
 
 @pytest.fixture
+def pack_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pack every layer, however small (these tests' models are tiny)."""
+    monkeypatch.setattr(inference, "PACK_MIN_BYTES", 0)
+
+
+@pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """Input shapes of every call that took the packed path."""
     calls: list[tuple[int, ...]] = []
@@ -77,17 +83,25 @@ def test_single_row_rule(spy: list) -> None:
 
 
 def test_prepare_swaps_linears_keeps_ties_and_state() -> None:
+    """Big fp32 matrices become ``PackedLinear``, small ones stay ``nn.Linear``; ties, values
+    and ``state_dict`` are unchanged."""
     torch.manual_seed(0)
-    model = build_model(TransformerConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    model = build_model(TransformerConfig(vocab_size=1000, block_size=16, n_layer=2, n_head=2, n_embd=256))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prepare_for_inference(model)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert linears and all(isinstance(m, PackedLinear) for m in linears)
-    assert model.lm_head.weight is model.wte.weight
+    big = [m.weight.numel() * 4 >= inference.PACK_MIN_BYTES for m in linears]
+    assert any(big) and not all(big)
+    assert [isinstance(m, PackedLinear) for m in linears] == big
+    assert isinstance(model.lm_head, PackedLinear) and model.lm_head.weight is model.wte.weight
     state = model.state_dict()
     assert state.keys() == before.keys()
     assert all(torch.equal(v, before[k]) for k, v in state.items())
     assert not model.training
+    if torch.bfloat16 in dtypes():  # bf16: every layer, however small
+        small = prepare_for_inference(build_model(TransformerConfig(vocab_size=40, block_size=16, n_layer=1,
+                                                                    n_head=2, n_embd=16)).to(torch.bfloat16))
+        assert all(isinstance(m, PackedLinear) for m in small.modules() if isinstance(m, nn.Linear))
 
 
 def test_in_place_weight_change_repacks(spy: list) -> None:
@@ -147,7 +161,7 @@ def test_replaced_weight_repacks(spy: list) -> None:
     assert len(spy) == 3
 
 
-def test_deepcopy_and_pickle(tmp_path) -> None:  # noqa: ANN001
+def test_deepcopy_and_pickle(tmp_path, pack_all: None) -> None:  # noqa: ANN001
     """oneDNN's reordered copy cannot be pickled; a prepared model still deep-copies and saves."""
     import copy
 
@@ -165,7 +179,7 @@ def test_deepcopy_and_pickle(tmp_path) -> None:  # noqa: ANN001
     assert clone.lm_head.weight is clone.wte.weight
 
 
-def test_tied_output_layer_follows_the_embedding(spy: list) -> None:
+def test_tied_output_layer_follows_the_embedding(spy: list, pack_all: None) -> None:
     """An in-place change made through the embedding reaches the (tied) packed output layer."""
     torch.manual_seed(0)
     model = prepare_for_inference(build_model(TransformerConfig(vocab_size=40, block_size=16, n_layer=1,
@@ -179,7 +193,7 @@ def test_tied_output_layer_follows_the_embedding(spy: list) -> None:
 
 
 @pytest.mark.parametrize("dtype", dtypes())
-def test_prepared_model_decodes_like_the_plain_one(dtype: torch.dtype, spy: list) -> None:
+def test_prepared_model_decodes_like_the_plain_one(dtype: torch.dtype, spy: list, pack_all: None) -> None:
     """Greedy decoding and scoring logits agree between a plain and a prepared model, batched
     (the packed path) and single-row."""
     torch.manual_seed(0)
@@ -201,7 +215,7 @@ def test_prepared_model_decodes_like_the_plain_one(dtype: torch.dtype, spy: list
     assert [c[0].token_ids for c in ours] == [c[0].token_ids for c in ref]
 
 
-def test_prepared_rnn_scores_like_the_plain_one(spy: list) -> None:
+def test_prepared_rnn_scores_like_the_plain_one(spy: list, pack_all: None) -> None:
     """An LSTM with a projection before its tied decoder: same logits and perplexity prepared."""
     from lm.config import RNNConfig
     from lm.score import score_ids
