@@ -6,9 +6,11 @@ For each benchmark model's set of ``nn.Linear`` shapes (a 4x4x128 and a 6x6x384 
 a 10,000-word output layer, as in ``bench/decode.py``) it times every matrix applied once to a
 batch of ``rows`` rows, in turn, through: PyTorch's default ``F.linear`` with the weight
 row-major (``row``) and column-major (``col``, how ``prepare_for_inference`` stores fp32
-weights), oneDNN with the weight reordered once ahead of time (``packed``), and
-``PackedLinear`` itself (``ours``: its rule picks MKL or oneDNN per call). Milliseconds per set,
-best of ``--repeats``; the last column is the speed-up of ``ours`` over the better default.
+weights), oneDNN with the weight reordered once ahead of time (``packed``, every matrix), and
+what ``prepare_for_inference`` makes of each layer (``ours``: small fp32 matrices stay
+``nn.Linear``, the others become ``PackedLinear``, whose rule picks MKL or oneDNN per call).
+Milliseconds per set, best of ``--repeats``; the last column is the speed-up of ``ours`` over
+the better default.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from torch import nn
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # bench/tokenizer.py shadows
 
-from lm.inference import PACK_BATCH_HINT, packed_linear, packing_supported, prepare_for_inference  # noqa: E402
+from lm.inference import (  # noqa: E402
+    PACK_BATCH_HINT,
+    PackedLinear,
+    packed_linear,
+    packing_supported,
+    prepare_for_inference,
+)
 
 VOCAB = 10_000
 MODELS = {
@@ -70,7 +78,8 @@ def main() -> None:
             torch.manual_seed(0)
             layers = [nn.Linear(i, o).to(dtype) for i, o in shapes(n_layer, d)]
             cols = [layer.weight.detach().t().contiguous().t() for layer in layers]
-            # the layout prepare_for_inference gives (fp32 column-major, bf16 row-major)
+            packed = [PackedLinear(layer) for layer in layers]  # every matrix, whatever its size
+            # what prepare_for_inference makes of each (fp32: column-major; packed if big enough)
             ours = [prepare_for_inference(nn.Sequential(copy.deepcopy(layer)))[0] for layer in layers]
             for rows in (int(r) for r in args.rows.split(",")):
                 xs = [torch.randn(rows, layer.in_features, dtype=dtype) for layer in layers]
@@ -78,7 +87,7 @@ def main() -> None:
                 with torch.inference_mode():
                     t_row = best_ms(lambda: [F.linear(x, m.weight, m.bias) for x, m in zip(xs, layers, strict=True)], reps)  # noqa: B023
                     t_col = best_ms(lambda: [F.linear(x, w, m.bias) for x, w, m in zip(xs, cols, layers, strict=True)], reps)  # noqa: B023
-                    t_pk = best_ms(lambda: [packed_linear(x, m._packed, m.bias) for x, m in zip(xs, ours, strict=True)], reps)  # noqa: B023
+                    t_pk = best_ms(lambda: [packed_linear(x, m._packed, m.bias) for x, m in zip(xs, packed, strict=True)], reps)  # noqa: B023
                     t_ours = best_ms(lambda: [m(x) for x, m in zip(xs, ours, strict=True)], reps)  # noqa: B023
                 print(f"{name:<8} {label:<5} {rows:>5} {t_row:8.2f} {t_col:8.2f} {t_pk:8.2f} "
                       f"{t_ours:8.2f} {min(t_row, t_col) / t_ours:8.2f}x", flush=True)
