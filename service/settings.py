@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="torch device; auto = cuda, else mps, else cpu")
     dtype: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="weights precision; on CPUs with native bf16, bf16 decodes larger models faster "
-        "(6x6x384: 1.4x at batch 1) and small ones slower (bench/decode.py), at a small perplexity cost"
+        "(6x6x384: 1.2-1.6x at batch 1) and small ones slower (bench/decode.py), at a small perplexity cost"
     )
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads (0: one per CPU but one, left for the HTTP event loop)"
