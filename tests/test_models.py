@@ -133,7 +133,7 @@ def test_rnn_config_errors() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prepare_for_inference_changes_layout_not_values(dtype: torch.dtype) -> None:
-    from lm.pipeline import prepare_for_inference
+    from lm.inference import prepare_for_inference
 
     torch.manual_seed(0)
     model = build_model(TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=16)).to(dtype)
