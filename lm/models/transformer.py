@@ -7,7 +7,6 @@ the residual stream, so this keeps its variance roughly constant in depth.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -31,6 +30,12 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def dropout(module: nn.Dropout, x: Tensor) -> Tensor:
+    """``module(x)``, skipped outright at eval or p == 0: decoding would otherwise pay a module
+    call for a no-op three times per block per step."""
+    return module(x) if module.training and module.p > 0 else x
 
 
 class CausalSelfAttention(nn.Module):
@@ -58,23 +63,24 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             start = cache.length
-            cache.k[layer, :, :, start : start + T] = k
-            cache.v[layer, :, :, start : start + T] = v
-            k = cache.k[layer, :, :, : start + T]
-            v = cache.v[layer, :, :, : start + T]
+            k_all, v_all = cache.k.select(0, layer), cache.v.select(0, layer)  # (B, nh, capacity, hs)
+            k_all.narrow(2, start, T).copy_(k)
+            v_all.narrow(2, start, T).copy_(v)
+            k, v = k_all.narrow(2, 0, start + T), v_all.narrow(2, 0, start + T)
         dtype = v.dtype
-        upcast = q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
-        if upcast:
+        dropout_p = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
             # CPU's low-precision SDPA kernels are 3-4x slower than fp32 at these sizes, forward
             # and backward (bench/train.py), and fp32 keeps the softmax accurate; the projections
             # stay in bf16. Autocast would cast the inputs straight back down, so it is off here.
             q, k, v = q.float().contiguous(), k.float().contiguous(), v.float().contiguous()
-        with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
-            ).to(dtype)
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                   is_causal=is_causal).to(dtype)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return dropout(self.resid_dropout, self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -85,7 +91,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return dropout(self.dropout, self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
 class Block(nn.Module):
@@ -239,7 +245,7 @@ class TransformerLM(nn.Module):
             x = x + self.wpe(pos)
         else:
             rope = self._rope(pos, bound)
-        x = self.drop(x)
+        x = dropout(self.drop, x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask, is_causal)
         x = self.ln_f(x)
