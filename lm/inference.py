@@ -4,8 +4,8 @@ Decoding multiplies a handful of rows (1 for greedy, 4 for beam 4, the batch for
 prompts) by every weight matrix, once per step. On CPU PyTorch sends fp32 products to MKL,
 which at 2-32 rows runs 2-3x below what oneDNN reaches with its weights reordered once, ahead of
 time, into its own blocked layout (``bench/linear.py``: the 24 block matrices of a 6x6x384
-Transformer plus its 10,000-word output layer take 6.6 ms at 8 rows through MKL and 2.7 ms
-through prepacked oneDNN; bf16 2.6 ms and 1.5 ms). ``PackedLinear`` keeps that reordered copy
+Transformer plus its 10,000-word output layer take 6.6-7.5 ms at 8 rows through MKL and
+2.7-3.6 ms through prepacked oneDNN; bf16 2.6-3.1 ms and 1.5-2.2 ms, over this session's runs). ``PackedLinear`` keeps that reordered copy
 beside the ordinary weight and uses it whenever no gradient is wanted; small fp32 matrices,
 where oneDNN's fixed cost per call outweighs the gain, are left alone (``PACK_MIN_BYTES``).
 The one case where MKL
