@@ -2,18 +2,20 @@
 
 Decoding multiplies a handful of rows (1 for greedy, 4 for beam 4, the batch for batched
 prompts) by every weight matrix, once per step. On CPU PyTorch sends fp32 products to MKL,
-which at 2-32 rows runs 2-3x below what oneDNN reaches with its weights reordered once, ahead of
-time, into its own blocked layout (``bench/linear.py``: the 24 block matrices of a 6x6x384
+which at 2-32 rows runs 2-3x below what oneDNN reaches with its weights reordered once, ahead
+of time, into its own blocked layout (``bench/linear.py``: the 24 block matrices of a 6x6x384
 Transformer plus its 10,000-word output layer take 6.6-7.5 ms at 8 rows through MKL and
-2.7-3.6 ms through prepacked oneDNN; bf16 2.6-3.1 ms and 1.5-2.2 ms, over this session's runs). ``PackedLinear`` keeps that reordered copy
-beside the ordinary weight and uses it whenever no gradient is wanted; small fp32 matrices,
-where oneDNN's fixed cost per call outweighs the gain, are left alone (``PACK_MIN_BYTES``).
-The one case where MKL
-stays ahead is a single fp32 row: times a small matrix that sits in cache (its matrix-vector
-kernel has less fixed cost per call), times a wide output layer (which that kernel streams
-well), or on one thread (oneDNN gains by splitting a large matrix across threads). Such a row
-goes to MKL, with the weight stored column-major, which suits that kernel. Measured in whole
-models, not one matrix alone: a lone matrix sits in cache, a model's weights mostly do not.
+2.7-3.6 ms through prepacked oneDNN; bf16 2.6-3.1 ms and 1.5-2.2 ms, over this session's runs).
+``PackedLinear`` keeps that reordered copy beside the ordinary weight and uses it whenever no
+gradient is wanted; small fp32 matrices, where oneDNN's fixed cost per call outweighs the gain,
+are left alone (``PACK_MIN_BYTES``).
+
+MKL stays ahead for a single fp32 row times a small matrix that sits in cache (its
+matrix-vector kernel has less fixed cost per call), times a wide output layer (which that
+kernel streams well), or on one thread (oneDNN gains by splitting a large matrix across
+threads). Such a row goes to MKL, with the weight stored column-major, which suits that kernel.
+These rules were measured in whole models, not on one matrix alone: a lone matrix sits in
+cache, a model's weights mostly do not.
 
 This is PyTorch's own machinery (``torch.ops.mkldnn._reorder_linear_weight`` and
 ``_linear_pointwise``, what ``torch.compile`` emits for a frozen CPU model), used eagerly. Where
@@ -47,6 +49,7 @@ WIDE = 8
 output layer) also goes to MKL, whose matrix-vector kernel streams such a matrix well."""
 
 X86_64 = ("x86_64", "amd64")
+"""``platform.machine()`` names (lower-cased) of the CPUs these rules were measured on."""
 
 PACK_BATCH_HINT = 8
 """Rows the reordered layout is tuned for (oneDNN picks its blocking for this many); it serves
@@ -168,12 +171,14 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     """Put ``model`` in eval mode with its ``nn.Linear`` layers ready for fast inference.
 
     On CPU each bf16 ``nn.Linear``, and each fp32 one of at least ``PACK_MIN_BYTES``, becomes a
-    ``PackedLinear`` (see the module docstring);
-    fp32 weights are also stored column-major for the single-row MKL path (``F.linear(x, W)``
-    multiplies by ``W.T``, a plain GEMM when ``W`` is the transpose of a contiguous ``[in, out]``
-    matrix; shape and values are unchanged, only strides). Elsewhere (CUDA, MPS) fp32 and
-    half-precision weights are stored column-major, as before. For inference only: safetensors
-    refuses non-contiguous tensors, so save a model before preparing it, not after.
+    ``PackedLinear`` (see the module docstring). fp32 weights are also stored column-major:
+    ``F.linear(x, W)`` multiplies by ``W.T``, a plain GEMM when ``W`` is the transpose of a
+    contiguous ``[in, out]`` matrix (HF's GPT-2 layout), which MKL runs faster at the few rows
+    of a decode step; bf16 weights stay row-major, measured faster in the whole model (timing
+    each matrix alone picked worse layouts). Elsewhere (CUDA, MPS) fp32 and half-precision
+    weights are stored column-major. Shape and values are unchanged, only strides. For
+    inference only: safetensors refuses non-contiguous tensors, so save a model before preparing
+    it, not after.
     """
     with torch.no_grad():
         for module in model.modules():

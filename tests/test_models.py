@@ -150,3 +150,19 @@ def test_prepare_for_inference_changes_layout_not_values(dtype: torch.dtype) -> 
         out, _ = model(x)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+
+
+def test_transformer_dropout_only_in_training() -> None:
+    """Dropout acts in train mode (embedding, attention output, MLP output) and not at eval."""
+    torch.manual_seed(0)
+    model = build_model(TransformerConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=16, dropout=0.5))
+    x = torch.randint(0, V, (2, 10))
+    model.train()
+    a, _ = model(x, use_cache=False)
+    b, _ = model(x, use_cache=False)
+    assert not torch.allclose(a, b)
+    model.eval()
+    with torch.inference_mode():
+        c, _ = model(x, use_cache=False)
+        d, _ = model(x, use_cache=False)
+    assert torch.equal(c, d)

@@ -32,7 +32,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-def dropout(module: nn.Dropout, x: Tensor) -> Tensor:
+def apply_dropout(module: nn.Dropout, x: Tensor) -> Tensor:
     """``module(x)``, skipped outright at eval or p == 0: decoding would otherwise pay a module
     call for a no-op three times per block per step."""
     return module(x) if module.training and module.p > 0 else x
@@ -80,7 +80,7 @@ class CausalSelfAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)
-        return dropout(self.resid_dropout, self.c_proj(y))
+        return apply_dropout(self.resid_dropout, self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -91,7 +91,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return dropout(self.dropout, self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return apply_dropout(self.dropout, self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
 class Block(nn.Module):
@@ -245,7 +245,7 @@ class TransformerLM(nn.Module):
             x = x + self.wpe(pos)
         else:
             rope = self._rope(pos, bound)
-        x = dropout(self.drop, x)
+        x = apply_dropout(self.drop, x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask, is_causal)
         x = self.ln_f(x)
