@@ -166,3 +166,9 @@ def test_transformer_dropout_only_in_training() -> None:
         c, _ = model(x, use_cache=False)
         d, _ = model(x, use_cache=False)
     assert torch.equal(c, d)
+    from lm.models.transformer import apply_dropout
+
+    ones = torch.ones(1000)
+    assert (apply_dropout(torch.nn.Dropout(0.5).train(), ones) == 0).any()
+    assert apply_dropout(torch.nn.Dropout(0.5).eval(), ones) is ones
+    assert apply_dropout(torch.nn.Dropout(0.0).train(), ones) is ones
