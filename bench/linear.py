@@ -2,9 +2,9 @@
 
     python bench/linear.py [--rows 1,2,4,8,16,32,64,512] [--threads N] [--repeats 20]
 
-For each benchmark model's set of ``nn.Linear`` shapes (a 4x4x128 and a 6x6x384 Transformer with
-a 10,000-word output layer, as in ``bench/decode.py``) it times every matrix applied once to a
-batch of ``rows`` rows, in turn, through: PyTorch's default ``F.linear`` with the weight
+For the ``nn.Linear`` layers of each benchmark model (the 4x4x128 and 6x6x384 Transformers of
+``bench/decode.py``: GPT-2 layout, 10,000-word tied output layer) it times every matrix applied
+once to a batch of ``rows`` rows, in turn, through: PyTorch's default ``F.linear`` with the weight
 row-major (``row``) and column-major (``col``, how ``prepare_for_inference`` stores fp32
 weights), oneDNN with the weight reordered once ahead of time (``packed``, every matrix), and
 what ``prepare_for_inference`` makes of each layer (``ours``: small fp32 matrices stay
@@ -29,6 +29,7 @@ from torch import nn
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # bench/tokenizer.py shadows
 
+from lm.config import TransformerConfig  # noqa: E402
 from lm.inference import (  # noqa: E402
     PACK_BATCH_HINT,
     PackedLinear,
@@ -36,18 +37,14 @@ from lm.inference import (  # noqa: E402
     packing_supported,
     prepare_for_inference,
 )
+from lm.models import build_model  # noqa: E402
 
 VOCAB = 10_000
-MODELS = {
-    "4x4x128": (4, 128),
-    "6x6x384": (6, 384),
-}
+MODELS = {"4x4x128": (4, 4, 128), "6x6x384": (6, 6, 384)}
 
 
-def shapes(n_layer: int, d: int) -> list[tuple[int, int]]:
-    """(in, out) of every matrix a GPT-2-style block stack and its output layer multiply by."""
-    block = [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)]
-    return block * n_layer + [(d, VOCAB)]
+def linears(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
 def best_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -71,16 +68,18 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per set of products, "
           f"best of {args.repeats}; packed for {PACK_BATCH_HINT} rows")
     print(f"{'model':<8} {'dtype':<5} {'rows':>5} {'row':>8} {'col':>8} {'packed':>8} {'ours':>8} {'speed-up':>9}")
-    for name, (n_layer, d) in MODELS.items():
+    for name, (n_layer, n_head, n_embd) in MODELS.items():
         for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             if not packing_supported(torch.ones(1, dtype=dtype)):
                 continue
             torch.manual_seed(0)
-            layers = [nn.Linear(i, o).to(dtype) for i, o in shapes(n_layer, d)]
+            model = build_model(TransformerConfig(vocab_size=VOCAB, block_size=512, n_layer=n_layer, n_head=n_head,
+                                                  n_embd=n_embd, pos_emb="learned", bias=True)).to(dtype).eval()
+            layers = linears(model)
             cols = [layer.weight.detach().t().contiguous().t() for layer in layers]
             packed = [PackedLinear(layer) for layer in layers]  # every matrix, whatever its size
             # what prepare_for_inference makes of each (fp32: column-major; packed if big enough)
-            ours = [prepare_for_inference(nn.Sequential(copy.deepcopy(layer)))[0] for layer in layers]
+            ours = linears(prepare_for_inference(copy.deepcopy(model)))
             for rows in (int(r) for r in args.rows.split(",")):
                 xs = [torch.randn(rows, layer.in_features, dtype=dtype) for layer in layers]
                 reps = max(3, args.repeats // 4) if rows >= 256 else args.repeats

@@ -106,7 +106,8 @@ class PackedLinear(nn.Linear):
         self.register_parameter("bias", linear.bias)  # registered even when None, as in nn.Linear
         self._packed: Tensor | None = None
         self._packed_key: tuple[int, int] | None = None
-        self._gemv_small = False
+        self._row_to_mkl = False  # one fp32 row always goes to MKL (small or wide matrix)
+        self._row_to_mkl_one_thread = False  # ... or only when torch runs on one thread
         self.repack()
 
     def repack(self) -> None:
@@ -119,9 +120,11 @@ class PackedLinear(nn.Linear):
         with torch.no_grad():
             self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_BATCH_HINT)
         out_features, in_features = weight.shape
-        self._gemv_small = weight.dtype == torch.float32 and (
+        fp32 = weight.dtype == torch.float32
+        self._row_to_mkl = fp32 and (
             weight.numel() * weight.element_size() <= GEMV_MAX_BYTES or out_features >= WIDE * in_features
         )
+        self._row_to_mkl_one_thread = fp32
 
     def forward(self, x: Tensor) -> Tensor:
         params = self._parameters
@@ -131,13 +134,11 @@ class PackedLinear(nn.Linear):
         if _weight_key(weight) != self._packed_key:  # changed or replaced since packing
             self.repack()
         packed = self._packed
-        if packed is None or x.dtype != packed.dtype or (x.numel() == x.shape[-1] and self._single_row_gemv()):
-            return F.linear(x, weight, bias)
+        if packed is None or x.dtype != packed.dtype or (x.numel() == x.shape[-1] and (
+            self._row_to_mkl or (self._row_to_mkl_one_thread and torch.get_num_threads() == 1)
+        )):
+            return F.linear(x, weight, bias)  # one fp32 row: MKL's matrix-vector kernel
         return packed_linear(x, packed, bias)
-
-    def _single_row_gemv(self) -> bool:
-        """Whether one fp32 row goes to MKL's matrix-vector kernel rather than oneDNN."""
-        return self._packed.dtype == torch.float32 and (self._gemv_small or torch.get_num_threads() == 1)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
         super()._apply(fn, recurse)
@@ -146,10 +147,7 @@ class PackedLinear(nn.Linear):
 
     def __getstate__(self) -> dict:
         # oneDNN's opaque tensor has no storage to pickle or deep-copy: drop it, repack on use
-        state = super().__getstate__()
-        state = dict(state)
-        state["_packed"], state["_packed_key"] = None, None
-        return state
+        return {**super().__getstate__(), "_packed": None, "_packed_key": None}
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, packed={self._packed is not None}"

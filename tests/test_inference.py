@@ -24,6 +24,11 @@ def dtypes() -> list[torch.dtype]:
     return [torch.float32] + ([torch.bfloat16] if packing_supported(torch.ones(1, dtype=torch.bfloat16)) else [])
 
 
+def tiny_transformer() -> nn.Module:
+    """A one-block Transformer (vocabulary 40, 16 wide), random weights."""
+    return build_model(TransformerConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16))
+
+
 @pytest.fixture
 def pack_all(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pack every layer, however small (these tests' models are tiny)."""
@@ -99,8 +104,7 @@ def test_prepare_swaps_linears_keeps_ties_and_state() -> None:
     assert all(torch.equal(v, before[k]) for k, v in state.items())
     assert not model.training
     if torch.bfloat16 in dtypes():  # bf16: every layer, however small
-        small = prepare_for_inference(build_model(TransformerConfig(vocab_size=40, block_size=16, n_layer=1,
-                                                                    n_head=2, n_embd=16)).to(torch.bfloat16))
+        small = prepare_for_inference(tiny_transformer().to(torch.bfloat16))
         assert all(isinstance(m, PackedLinear) for m in small.modules() if isinstance(m, nn.Linear))
 
 
@@ -166,8 +170,7 @@ def test_deepcopy_and_pickle(tmp_path, pack_all: None) -> None:  # noqa: ANN001
     import copy
 
     torch.manual_seed(0)
-    model = prepare_for_inference(build_model(TransformerConfig(vocab_size=40, block_size=16, n_layer=1,
-                                                                n_head=2, n_embd=16)))
+    model = prepare_for_inference(tiny_transformer())
     tokens = torch.randint(0, 40, (2, 6))
     clone = copy.deepcopy(model)
     torch.save(model, tmp_path / "m.pt")
@@ -182,8 +185,7 @@ def test_deepcopy_and_pickle(tmp_path, pack_all: None) -> None:  # noqa: ANN001
 def test_tied_output_layer_follows_the_embedding(spy: list, pack_all: None) -> None:
     """An in-place change made through the embedding reaches the (tied) packed output layer."""
     torch.manual_seed(0)
-    model = prepare_for_inference(build_model(TransformerConfig(vocab_size=40, block_size=16, n_layer=1,
-                                                                n_head=2, n_embd=16)))
+    model = prepare_for_inference(tiny_transformer())
     hidden = torch.randn(3, 16)
     with torch.no_grad():
         model.wte.weight.mul_(-2.0)
