@@ -39,6 +39,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from lm.config import RNNConfig, TransformerConfig  # noqa: E402
+from lm.context import TextContext  # noqa: E402
 from lm.generate import GenerationParams, generate  # noqa: E402
 from lm.inference import prepare_for_inference  # noqa: E402
 from lm.models import build_model  # noqa: E402
@@ -185,7 +186,7 @@ def ours_score(model, data, result: dict) -> Callable[[], object]:
     """Scores ``data``; leaves the perplexity in ``result['ppl']``."""
 
     def run() -> None:
-        [nll] = score_ids(model, data, context_id=3, batch_size=SCORE_BATCH)
+        [nll] = score_ids(model, data, context=TextContext((3,), model.max_context), batch_size=SCORE_BATCH)
         result["ppl"] = math.exp(float(nll.mean()))
 
     return run

@@ -35,7 +35,7 @@ class Row:
     request: Request
     index: int
     tokens: list[int]
-    """Everything the model has seen or will see next: context (``<eos>`` + prompt) + generated."""
+    """Everything the model has seen or will see next: context (text start + prompt) + generated."""
     n_ctx: int = 0
     """How many of the last ``tokens`` the decode state holds (0: not prefilled yet). The last
     token is always pending: chosen, but fed at the next step."""
@@ -53,10 +53,12 @@ class Row:
 class RowBatch:
     """The rows of one group, aligned with ``state`` (row ``i`` is batch row ``i``)."""
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, max_context: int | None = None) -> None:
         self.model = model
         self.device = device
-        self.max_context: int | None = getattr(model, "max_context", None)
+        self.max_context = max_context
+        """The longest window a row decodes in (the context length the model was trained on;
+        None: unbounded, for recurrent models)."""
         self.rows: list[Row] = []
         self.joining: list[Row] = []
         self.state: Any = None
@@ -160,8 +162,9 @@ class RowBatch:
 
     def _seen_for(self, rows: list[Row], vocab_size: int) -> Tensor:
         seen = torch.zeros(len(rows), vocab_size, dtype=torch.bool, device=self.device)
-        row_idx = [i for i, r in enumerate(rows) for _ in r.tokens]
-        tok_idx = [t for r in rows for t in r.tokens]
+        # The text start is context the model is given, not text the request wrote: never seen.
+        row_idx = [i for i, r in enumerate(rows) for _ in r.tokens[r.request.start :]]
+        tok_idx = [t for r in rows for t in r.tokens[r.request.start :]]
         if tok_idx:
             seen[torch.tensor(row_idx, device=self.device), torch.tensor(tok_idx, device=self.device)] = True
         return seen

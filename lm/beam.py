@@ -9,7 +9,13 @@ length ** ``length_penalty`` (length counts generated tokens, the final ``<eos>`
 
 A request is done when it has ``num_beams`` hypotheses and either ``early_stopping`` is set or
 no running beam can still beat the worst of them at its current length (HF's heuristic), or
-when it reaches ``max_new_tokens`` (its running beams then join the hypotheses).
+when it reaches ``max_new_tokens`` (its running beams then join the hypotheses), or when no
+beam has a token left to choose (bans; they join as ``"banned"``). It always returns exactly
+``num_return_sequences`` results: when bans left fewer distinct hypotheses, the best ones are
+repeated.
+
+Ranking never overflows: ``rank_key`` orders hypotheses exactly as ``sum / length ** penalty``
+does, computed in log space, so any finite ``length_penalty`` is safe.
 """
 
 from __future__ import annotations
@@ -22,17 +28,29 @@ import torch
 
 from lm.batch import Row, RowBatch
 from lm.params import Completion, FinishEvent
-from lm.sampling import RowSampler
+from lm.sampling import NEG_INF, RowSampler, sanitize
 from lm.streaming import TextStream
 
 if TYPE_CHECKING:
     from lm.engine import Request
 
 
+def rank_key(logprob_sum: float, length: int, length_penalty: float) -> float:
+    """A key that orders hypotheses as ``logprob_sum / length ** length_penalty`` (higher is
+    better) without computing the power: for a sum < 0 that score is
+    ``-exp(log(-sum) - penalty * log(length))``, so ``penalty * log(length) - log(-sum)`` is
+    increasing in it, and finite or +-inf for every finite penalty (never an overflow error)."""
+    if logprob_sum >= 0 or length == 0:
+        return math.inf  # a score of 0: nothing ranks above it
+    if logprob_sum == -math.inf:
+        return -math.inf
+    return length_penalty * math.log(length) - math.log(-logprob_sum)
+
+
 @dataclass
 class Hypothesis:
     score: float
-    """Length-normalised log-probability: what hypotheses are ranked by."""
+    """``rank_key`` of the hypothesis (its length-normalised log-probability's order)."""
     tokens: list[int]
     logprobs: list[float]
     reason: str
@@ -62,8 +80,11 @@ class BeamSearch:
         if any(r.request.params.repetition_penalty != 1.0 or r.request.params.no_repeat_ngram_size for r in rows):
             sampler = RowSampler([r.request.params for r in rows], batch.device)
             seen = batch.seen_mask(logits.shape[1]) if sampler.any_penalty else None
-            logits = sampler.constrain(logits, seen, [r.tokens for r in rows])
-        logp = logits.log_softmax(-1)
+            logits = sampler.constrain(logits, seen, [r.tokens[r.request.start :] for r in rows])
+        logits = sanitize(logits)
+        alive = logits.max(-1, keepdim=True).values > NEG_INF
+        # A row with every token banned has no distribution: -inf everywhere, not NaN.
+        logp = torch.where(alive, logits.log_softmax(-1), NEG_INF)
 
         groups: dict[Request, list[int]] = {}
         for i, row in enumerate(rows):
@@ -121,7 +142,9 @@ class BeamSearch:
             parents.append(b)
             if len(children) == nb:
                 break
-        if not children:
+        if not children:  # nothing left to choose: the beams end as they are
+            for beam in beams:
+                self._add(request, beam.generated, beam.logprobs, "banned")
             return [], []
         n_gen = len(children[0].logprobs)
         if n_gen >= params.max_new_tokens:
@@ -136,7 +159,7 @@ class BeamSearch:
     def _add(request: Request, tokens: list[int], logprobs: list[float], reason: str) -> None:
         """Keep a finished hypothesis if it is among the ``num_beams`` best so far."""
         params = request.params
-        score = sum(logprobs) / len(tokens) ** params.length_penalty
+        score = rank_key(sum(logprobs), len(tokens), params.length_penalty)
         hyps = request.hypotheses
         hyps.append(Hypothesis(score, tokens, logprobs, reason))
         hyps.sort(key=lambda h: h.score, reverse=True)
@@ -150,18 +173,16 @@ class BeamSearch:
             return False
         if params.early_stopping:
             return True
-        best_running = max(b.score for b in beams) / n_gen ** params.length_penalty
+        best_running = rank_key(max(b.score for b in beams), n_gen, params.length_penalty)
         return hyps[-1].score >= best_running
 
     def _finalize(self, request: Request, beams: list[Row]) -> list[FinishEvent]:
-        if not request.hypotheses:  # every continuation was banned: return the beams as they are
-            for beam in beams:
-                if beam.logprobs:
-                    self._add(request, beam.generated, beam.logprobs, "length")
-                else:
-                    request.hypotheses.append(Hypothesis(0.0, [], [], "length"))
-        best = request.hypotheses[: request.params.num_return_sequences]
-        request.open_rows = len(best)
+        n = request.params.num_return_sequences
+        hyps = request.hypotheses
+        if not hyps:  # cannot happen (the beams join when they stop), but never return nothing
+            hyps.append(Hypothesis(math.inf, [], [], "banned"))
+        best = [hyps[i % len(hyps)] for i in range(n)]
+        request.open_rows = n
         return [
             FinishEvent(request.id, i, Completion(self._text(request, h), h.tokens, h.logprobs, sum(h.logprobs),
                                                   h.reason, request.prompt_tokens))

@@ -24,6 +24,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lm.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+from lm.context import ContextError, TextContext, trained_length
 from lm.models import build_model
 from tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
@@ -82,8 +83,13 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
+    context: TextContext | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, fsync, rename).
+
+    ``context`` records what a text starts from and the context length the model was trained
+    on (``lm.context``); without it, the trainer's rule is applied to the tokenizer and the
+    model's whole ``block_size``.
 
     ``dtype`` stores the weights in another precision (e.g. ``torch.bfloat16`` to halve the size
     of a shipped model); loading converts back to the model's dtype. ``state_dict`` supplies the
@@ -97,11 +103,14 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         config: ModelConfig = model.config  # type: ignore[assignment]
+        if context is None:
+            context = TextContext.derive(tokenizer, config.max_context)
         meta = {
             "format": FORMAT,
             "version": VERSION,
             "model": to_dict(config),
             "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
+            "context": context.to_dict(tokenizer),
             "training": training or {},
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -166,7 +175,7 @@ def read_config(directory: Path) -> tuple[ModelConfig, dict[str, Any]]:
         raise CheckpointError(f"{cfg_path}: not an lmforge checkpoint config (format must be {FORMAT!r})")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{cfg_path}: unsupported version {meta.get('version')!r} (this lmforge reads {VERSION})")
-    unknown = sorted(set(meta) - {"format", "version", "model", "tokenizer", "training"})
+    unknown = sorted(set(meta) - {"format", "version", "model", "tokenizer", "context", "training"})
     if unknown:
         raise CheckpointError(f"{cfg_path}: unknown field(s) {', '.join(unknown)}")
     try:
@@ -211,6 +220,32 @@ def load_checkpoint(
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
     return model, tok, config
+
+
+def read_context(directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> TextContext:
+    """The checkpoint's ``TextContext`` (see ``lm.context``), validated against its tokenizer
+    and model. A checkpoint from before the record existed gets the trainer's rule, applied to
+    its tokenizer and recorded ``seq_len``, and the log says so."""
+    directory = resolve_checkpoint_dir(directory)
+    config, meta = read_config(directory)
+    if tokenizer is None:
+        try:
+            tokenizer = load_tokenizer(directory)
+        except TokenizerError as exc:
+            raise CheckpointError(f"{directory}: tokenizer: {exc}") from None
+    if "context" in meta:
+        try:
+            return TextContext.from_dict(meta["context"], vocab_size=tokenizer.vocab_size,
+                                         block_size=config.max_context)
+        except ContextError as exc:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from None
+    run = (meta.get("training") or {}).get("run") or {}
+    seq_len = (run.get("train") or {}).get("seq_len")
+    seq_len = seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len >= 1 else None
+    context = TextContext.derive(tokenizer, trained_length(config.max_context, seq_len))
+    log.warning("%s predates the context record; texts start after %r (the tokenizer's line break), "
+                "context length %s", directory, tokenizer.decode(list(context.start)), context.max_length)
+    return context
 
 
 def load_trainer_state(directory: Path) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 A corpus is tokenized once into ``<cache>/<key>.bin`` (uint16 when the vocabulary fits, else
 uint32) and memory-mapped, so corpora larger than memory train and later runs skip the work.
-The cache key hashes the files' paths, sizes and modification times and the tokenizer's saved
-files, so a changed corpus or tokenizer is tokenized again.
+The cache key hashes the files' paths, sizes and modification times, the tokenizer's saved
+files and the start ids, so a changed corpus or tokenizer is tokenized again. Each file's tokens
+are preceded by the text-start ids (``lm.context``: the tokenizer's line break), so the first
+line of every file is seen in the same role as every other line's, and as texts are at inference.
 
 Two batching schemes (Dive into Deep Learning, "Reading Long Sequence Data"):
 
@@ -24,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +92,9 @@ def resolve_corpus(cfg: DataConfig, base: Path | None = None) -> CorpusFiles:
     return CorpusFiles(train, valid, test)
 
 
-def _file_digest(files: list[Path], tokenizer_dir: Path) -> str:
+def _file_digest(files: list[Path], tokenizer_dir: Path, start: Sequence[int]) -> str:
     h = hashlib.sha256()
+    h.update(f"start={list(start)}\n".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -105,10 +109,12 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
 
 
-def tokenize_to_file(files: list[Path], tokenizer: Tokenizer, tokenizer_dir: Path, cache_dir: Path) -> np.ndarray:
-    """Tokenize ``files`` (streamed, chunk by chunk) into a cached memory-mapped token array."""
+def tokenize_to_file(files: list[Path], tokenizer: Tokenizer, tokenizer_dir: Path, cache_dir: Path,
+                     start: Sequence[int] = ()) -> np.ndarray:
+    """Tokenize ``files`` (streamed, chunk by chunk) into a cached memory-mapped token array,
+    each file preceded by ``start``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = _file_digest(files, tokenizer_dir)
+    key = _file_digest(files, tokenizer_dir, start)
     path = cache_dir / f"{key}.bin"
     meta_path = cache_dir / f"{key}.json"
     dtype = token_dtype(tokenizer.vocab_size)
@@ -121,11 +127,14 @@ def tokenize_to_file(files: list[Path], tokenizer: Tokenizer, tokenizer_dir: Pat
     n = 0
     with open(tmp, "wb") as out:
         for f in files:
+            if start:
+                out.write(np.asarray(start, dtype=dtype).tobytes())
+                n += len(start)
             for chunk in iter_text_chunks(f):
                 ids = np.asarray(tokenizer.encode(chunk), dtype=dtype)
                 out.write(ids.tobytes())
                 n += len(ids)
-    if n == 0:
+    if n == len(start) * len(files):
         tmp.unlink()
         raise DataError(f"{', '.join(map(str, files))}: the corpus is empty (no tokens)")
     os.replace(tmp, path)

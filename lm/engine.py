@@ -11,9 +11,14 @@ Results do not depend on batching: rows are left-padded with masks (the models g
 padded batch equals each row alone) and each sampled row draws from its own generator, seeded
 from the request's ``seed`` and the row's index.
 
-Every prompt is conditioned on a leading ``<eos>`` -- the same left context ``lm.score`` gives a
-text's first token -- because the training stream is a sequence of ``<eos>``-terminated lines,
-so ``<eos>`` is what comes before the start of a text (and an empty prompt means "start").
+Every prompt is conditioned on the checkpoint's text start (``lm.context``: the line break the
+model was trained to begin texts after; an empty prompt means "start of a text"), which is never
+penalised or banned, and a Transformer's window is the context length it was trained on.
+
+Nothing a request asks for can break another: constrained logits are cleaned of NaN and +inf
+before anything ranks or draws from them, a row whose every token is banned ends on its own
+(``finish_reason`` ``"banned"``), chosen ids are always in the vocabulary, and a request ends
+with exactly ``num_return_sequences`` ``FinishEvent``s followed by a ``DoneEvent``.
 """
 
 from __future__ import annotations
@@ -29,15 +34,22 @@ from torch import nn
 
 from lm.batch import Row, RowBatch
 from lm.beam import BeamSearch, Hypothesis
-from lm.params import Completion, Event, FinishEvent, GenerationParams, ParamError, TokenEvent
-from lm.sampling import RowSampler
+from lm.context import TextContext
+from lm.params import (
+    Completion,
+    DoneEvent,
+    Event,
+    FinishEvent,
+    GenerationParams,
+    ParamError,
+    TokenEvent,
+)
+from lm.sampling import RowSampler, sanitize
 from lm.streaming import TextStream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DecodeSession", "Event", "FinishEvent", "TokenEvent"]
-
-
+__all__ = ["DecodeSession", "DoneEvent", "Event", "FinishEvent", "TokenEvent"]
 
 
 @dataclass(eq=False)
@@ -48,6 +60,9 @@ class Request:
     params: GenerationParams
     prompt_tokens: int
     context: list[int]
+    """What the model reads before generating: the text start, then the prompt."""
+    start: int = 0
+    """How many leading ``context`` ids are the text start: never penalised, banned or decoded."""
     open_rows: int = 0
     hypotheses: list[Hypothesis] = field(default_factory=list)
     """Beam search: finished hypotheses, best first."""
@@ -65,22 +80,24 @@ class DecodeSession:
     Not thread-safe: drive it from one thread (the server's scheduler does).
     """
 
-    def __init__(self, model: nn.Module, tokenizer, *, device: torch.device | str | None = None,
-                 max_batch_rows: int = 64) -> None:
+    def __init__(self, model: nn.Module, tokenizer, *, context: TextContext | None = None,
+                 device: torch.device | str | None = None, max_batch_rows: int = 64) -> None:
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
         self.model = model
         self.tokenizer = tokenizer
+        self.context = context or TextContext.derive(tokenizer, getattr(model, "max_context", None))
         self.device = torch.device(device) if device is not None else model_device(model)
         self.max_batch_rows = max_batch_rows
         self._eos = getattr(tokenizer, "eos_id", None)
         self._requests: dict[Hashable, Request] = {}
         self._waiting: list[Request] = []
         self._done: list[Event] = []
-        self._sampled = RowBatch(model, self.device)
+        window = self.context.max_length
+        self._sampled = RowBatch(model, self.device, window)
         self._sampler: RowSampler | None = None
         self._sampler_version = -1
-        self._beams = BeamSearch(RowBatch(model, self.device), tokenizer)
+        self._beams = BeamSearch(RowBatch(model, self.device, window), tokenizer)
 
     @property
     def active(self) -> int:
@@ -105,13 +122,11 @@ class DecodeSession:
             name = "num_beams" if params.strategy == "beam" else "num_return_sequences"
             raise ParamError(name, f"{name} must be <= {self.max_batch_rows} (max_batch_rows), "
                                    f"got {params.rows}")
-        start = self._eos if self._eos is not None else getattr(self.tokenizer, "bos_id", None)
-        context = list(prompt_ids)
-        if start is not None and context[:1] != [start]:
-            context.insert(0, start)
+        context, start = self.context.frame(prompt_ids)
         if not context:
-            raise ParamError("prompt", "the prompt is empty and the tokenizer has no <eos> or <bos> to start from")
-        request = Request(request_id, params, len(prompt_ids), context)
+            raise ParamError("prompt", "the prompt is empty and this model has no start-of-text context "
+                                       "(its tokenizer has no line-break token); give a prompt")
+        request = Request(request_id, params, len(prompt_ids), context, start)
         self._requests[request_id] = request
         self._waiting.append(request)
 
@@ -132,8 +147,8 @@ class DecodeSession:
         events, self._done = self._done, []
         events += self._step_sampled()
         for event in self._beams.step():
-            self._finish(event)
             events.append(event)
+            self._finish(event, events)
         return events
 
     def _admit(self) -> None:
@@ -151,7 +166,7 @@ class DecodeSession:
                 for index in range(params.num_return_sequences):
                     event = FinishEvent(request.id, index, Completion("", [], [], 0.0, "length", request.prompt_tokens))
                     self._done.append(event)
-                    self._finish(event)
+                    self._finish(event, self._done)
             elif params.strategy == "beam":
                 self._beams.admit(request)
             else:
@@ -162,12 +177,14 @@ class DecodeSession:
                     for index in range(params.num_return_sequences)
                 ])
 
-    def _finish(self, event: FinishEvent) -> None:
+    def _finish(self, event: FinishEvent, events: list[Event]) -> None:
+        """Count a finished sequence; after the request's last one, append its ``DoneEvent``."""
         request = self._requests.get(event.request_id)
         if request is not None:
             request.open_rows -= 1
             if request.open_rows <= 0:
                 del self._requests[event.request_id]
+                events.append(DoneEvent(event.request_id))
 
     def _step_sampled(self) -> list[Event]:
         batch = self._sampled
@@ -180,12 +197,15 @@ class DecodeSession:
             self._sampler_version = batch.version
         sampler = self._sampler
         seen = batch.seen_mask(logits.shape[1]) if sampler.any_penalty else batch.seen
-        logits = sampler.constrain(logits, seen, [r.tokens for r in rows] if sampler.any_ngram else ())
+        histories = [r.tokens[r.request.start :] for r in rows] if sampler.any_ngram else ()
+        logits = sanitize(sampler.constrain(logits, seen, histories))
+        top, best = logits.max(-1)
+        alive = top > float("-inf")  # False: every token is banned for that row
         uniforms = None
         if sampler.any_sampled:
             uniforms = torch.tensor([r.rng.random() if s else 0.0 for r, s in zip(rows, sampler.sampled, strict=True)],
                                     dtype=torch.float64, device=self.device)
-        tokens = sampler.choose(logits, uniforms)
+        tokens = sampler.choose(logits, uniforms, best=best, top=top, alive=alive)
         # One fused log-softmax pass (cheaper than logsumexp's several) for the chosen tokens.
         logprobs = logits.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
         batch.mark_seen(tokens)
@@ -193,17 +213,30 @@ class DecodeSession:
 
         events: list[Event] = []
         keep: list[int] = []
-        for i, (row, token, logprob) in enumerate(zip(rows, tokens.tolist(), logprobs.tolist(), strict=True)):
-            if self._advance(row, token, logprob, events):
-                self._finish(events[-1])  # type: ignore[arg-type]
+        for i, (row, token, logprob, ok) in enumerate(
+                zip(rows, tokens.tolist(), logprobs.tolist(), alive.tolist(), strict=True)):
+            finish = self._advance(row, token, logprob, events) if ok else self._exhausted(row, events)
+            if finish is not None:
+                self._finish(finish, events)
             else:
                 keep.append(i)
         if len(keep) < len(rows):
             batch.keep(keep)
         return events
 
-    def _advance(self, row: Row, token: int, logprob: float, events: list[Event]) -> bool:
-        """Append a chosen token to a greedy/sampled row; True if the row has finished."""
+    def _exhausted(self, row: Row, events: list[Event]) -> FinishEvent:
+        """End a row that has no token left to choose; held-back text goes out with the finish."""
+        stream = row.stream
+        assert stream is not None
+        tail = stream.finish()
+        completion = Completion(stream.text, row.generated, row.logprobs, sum(row.logprobs), "banned",
+                                row.request.prompt_tokens)
+        event = FinishEvent(row.request.id, row.index, completion, tail)
+        events.append(event)
+        return event
+
+    def _advance(self, row: Row, token: int, logprob: float, events: list[Event]) -> FinishEvent | None:
+        """Append a chosen token to a greedy/sampled row; its ``FinishEvent`` if it has finished."""
         request, params, stream = row.request, row.request.params, row.stream
         assert stream is not None
         row.tokens.append(token)
@@ -219,7 +252,8 @@ class DecodeSession:
                 reason, delta = "length", delta + stream.finish()
         events.append(TokenEvent(request.id, row.index, delta, token, logprob))
         if reason is None:
-            return False
+            return None
         completion = Completion(stream.text, row.generated, row.logprobs, sum(row.logprobs), reason, request.prompt_tokens)
-        events.append(FinishEvent(request.id, row.index, completion))
-        return True
+        event = FinishEvent(request.id, row.index, completion)
+        events.append(event)
+        return event

@@ -34,14 +34,19 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, *, fused: bool = True) -
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def scheduled_lr(cfg: TrainConfig, step: int, progress: float, plateau_scale: float = 1.0) -> float:
-    """Warmup then decay. ``progress`` in [0, 1] is how far the run is (steps or wall time)."""
+def scheduled_lr(cfg: TrainConfig, step: int, progress: float, plateau_scale: float = 1.0,
+                 decay_start: float = 0.0) -> float:
+    """Warmup then decay. ``progress`` in [0, 1] is how far the run is (steps or wall time);
+    ``decay_start`` is the progress at which warm-up ended, so decay starts at the peak rate and
+    reaches ``min_lr`` at the end of the run."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "plateau":
         return cfg.lr * plateau_scale
+    span = 1.0 - decay_start
+    progress = (progress - decay_start) / span if span > 0 else 1.0
     progress = min(max(progress, 0.0), 1.0)
     if cfg.schedule == "linear":
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1.0 - progress)

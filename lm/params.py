@@ -15,7 +15,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 STRATEGIES = ("greedy", "sample", "beam")
-FINISH_REASONS = ("length", "stop", "eos")
+FINISH_REASONS = ("length", "stop", "eos", "banned")
+"""Why a sequence ended: ``max_new_tokens``, a stop string, ``<eos>``, or no token left to choose
+(``no_repeat_ngram_size`` had banned every token of the vocabulary)."""
 
 
 class ParamError(ValueError):
@@ -148,11 +150,22 @@ class TokenEvent:
 @dataclass
 class FinishEvent:
     """Row ``index`` of request ``request_id`` is done. For beam search, one per returned
-    hypothesis, best first."""
+    hypothesis, best first. ``text`` is text held back until the end that no ``TokenEvent``
+    carried (a row that ended with no token left to choose): the ``TokenEvent`` deltas plus
+    ``text`` are exactly ``completion.text``."""
 
     request_id: Hashable
     index: int
     completion: Completion
+    text: str = ""
 
 
-Event = TokenEvent | FinishEvent
+@dataclass
+class DoneEvent:
+    """Request ``request_id`` is complete: every one of its ``num_return_sequences``
+    ``FinishEvent``s came before this, and it holds no rows any more."""
+
+    request_id: Hashable
+
+
+Event = TokenEvent | FinishEvent | DoneEvent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Iterator
@@ -10,13 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lm.checkpoint import load_checkpoint, resolve_checkpoint_dir
+from lm.checkpoint import load_checkpoint, read_context, resolve_checkpoint_dir
 from lm.config import ModelConfig
+from lm.context import TextContext
 from lm.engine import DecodeSession, Event, model_device
 from lm.generate import generate
 from lm.inference import prepare_for_inference
 from lm.params import Completion, GenerationParams
-from lm.score import ScoreResult, score_texts
+from lm.score import ScoreJob, ScoreResult, score_results, score_texts
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +29,22 @@ WEIGHT_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bflo
 
 
 class Pipeline:
-    """A loaded checkpoint ready to generate and score."""
+    """A loaded checkpoint ready to generate and score.
+
+    The pipeline works on its own copy of ``model`` (prepared for inference: eval mode, packed
+    weights), so the caller's model is left as it was -- still trainable and savable -- unless
+    ``owned`` says the pipeline may take it over (a model it loaded itself).
+    """
 
     def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, *, name: str = "model",
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, context: TextContext | None = None,
+                 owned: bool = False) -> None:
         self.name = name
-        self.model = prepare_for_inference(model)
+        self.model = prepare_for_inference(model if owned else copy.deepcopy(model))
         self.tokenizer = tokenizer
         self.config = config
+        self.context = context or TextContext.derive(tokenizer, getattr(model, "max_context", None))
+        """What texts start from and the context length to use (``lm.context``)."""
         self.device = device if device is not None else model_device(model)
 
     @classmethod
@@ -49,16 +59,17 @@ class Pipeline:
             dtype = WEIGHT_DTYPES[dtype]
         directory = resolve_checkpoint_dir(path)
         model, tokenizer, config = load_checkpoint(directory, device=device, dtype=dtype)
+        context = read_context(directory, tokenizer)
         name = name or Path(path).resolve().name
         log.info("loaded %s (%s, %s) from %s", name, config.family, dtype or "fp32", directory)
-        return cls(model, tokenizer, config, name=name)
+        return cls(model, tokenizer, config, name=name, context=context, owned=True)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[list[Completion]]:
         """Completions for each prompt (see ``lm.generate.generate``)."""
-        return generate(self.model, self.tokenizer, prompts, params, device=self.device)
+        return generate(self.model, self.tokenizer, prompts, params, device=self.device, context=self.context)
 
     def stream(self, prompt: str, params: GenerationParams) -> Iterator[Event]:
         """Events as they happen: a ``TokenEvent`` per token (its ``text`` deltas concatenate to
@@ -70,9 +81,20 @@ class Pipeline:
 
     def score(self, texts: list[str], *, stride: int | None = None, token_logprobs: bool = False) -> list[ScoreResult]:
         """Perplexity and friends per text (see ``lm.score``)."""
-        return score_texts(self.model, self.tokenizer, texts, stride=stride, token_logprobs=token_logprobs,
-                           device=self.device)
+        return score_texts(self.model, self.tokenizer, texts, context=self.context, stride=stride,
+                           token_logprobs=token_logprobs, device=self.device)
+
+    def score_job(self, texts: list[str], *, stride: int | None = None) -> ScoreJob:
+        """The scoring of ``texts`` as a step-wise job (the server interleaves it with decoding);
+        ``score_results(texts, job.result())`` gives what ``score`` returns."""
+        return ScoreJob(self.model, [self.encode(t) for t in texts], context=self.context, stride=stride,
+                        device=self.device)
+
+    @staticmethod
+    def score_results(texts: list[str], job: ScoreJob, *, token_logprobs: bool = False) -> list[ScoreResult]:
+        return score_results(texts, job.result(), token_logprobs=token_logprobs)
 
     def session(self, max_batch_rows: int = 64) -> DecodeSession:
         """A fresh step-wise decoder over this model (the server's continuous batching)."""
-        return DecodeSession(self.model, self.tokenizer, device=self.device, max_batch_rows=max_batch_rows)
+        return DecodeSession(self.model, self.tokenizer, context=self.context, device=self.device,
+                             max_batch_rows=max_batch_rows)

@@ -13,6 +13,12 @@ of HF's logits processors):
    instead of sorting the vocabulary);
 3. ``draw``: inverse-CDF sampling with one uniform number per row, so each request's
    randomness comes from its own generator and does not depend on its batch-mates.
+
+Every valid parameter keeps the numbers finite: constrained logits pass through ``sanitize``
+(NaN -> -inf, +inf -> the largest float), penalties are held inside a range where dividing and
+multiplying a logit cannot overflow, temperature divides logits shifted so that their maximum is
+0, and the most likely token always survives top-p. A row left with only -inf (everything
+banned) is the caller's to end; it is never drawn from.
 """
 
 from __future__ import annotations
@@ -25,6 +31,18 @@ from torch import Tensor
 from lm.params import GenerationParams
 
 NEG_INF = float("-inf")
+PENALTY_RANGE = (1e-30, 1e30)
+"""``repetition_penalty`` is applied clamped to this range: beyond it a seen token already sits
+above or below every other, and a float32 logit divided or multiplied stays finite."""
+MIN_TEMPERATURE = torch.finfo(torch.float32).tiny
+"""A positive temperature below float32's smallest normal number acts as this one (greedy in
+all but ties) instead of rounding to 0 and dividing by it."""
+
+
+def sanitize(logits: Tensor) -> Tensor:
+    """NaN becomes -inf (never chosen) and +inf the largest finite value, so ranking, softmax and
+    drawing see only numbers or -inf."""
+    return logits.nan_to_num(nan=NEG_INF, posinf=torch.finfo(logits.dtype).max, neginf=NEG_INF)
 
 
 def repetition_penalty(logits: Tensor, seen: Tensor, penalty: Tensor) -> Tensor:
@@ -78,7 +96,8 @@ def top_p(sorted_logits: Tensor, p: Tensor) -> Tensor:
     most likely first."""
     probs = sorted_logits.softmax(-1)
     before = probs.cumsum(-1) - probs  # mass of the more likely tokens
-    return sorted_logits.masked_fill((before >= p) & (p < 1), NEG_INF)  # the best token stays: before == 0
+    first = torch.arange(sorted_logits.shape[-1], device=sorted_logits.device) == 0
+    return sorted_logits.masked_fill((before >= p) & (p < 1) & ~first, NEG_INF)  # the best token always stays
 
 
 def min_p(logits: Tensor, m: Tensor) -> Tensor:
@@ -108,7 +127,7 @@ class RowSampler:
 
         self.sampled = [p.samples for p in params]
         self.any_sampled = any(self.sampled)
-        self.penalty = col([p.repetition_penalty for p in params])
+        self.penalty = col([min(max(p.repetition_penalty, PENALTY_RANGE[0]), PENALTY_RANGE[1]) for p in params])
         self.any_penalty = any(p.repetition_penalty != 1.0 for p in params)
         self.ngram = [p.no_repeat_ngram_size for p in params]
         self.any_ngram = any(self.ngram)
@@ -116,7 +135,8 @@ class RowSampler:
             # Greedy rows in a mixed batch get neutral settings; their draw is replaced by argmax.
             sampled = [p for p, s in zip(params, self.sampled, strict=True) if s]
             self.is_sampled = torch.tensor(self.sampled, device=device)
-            self.temperature = col([p.temperature if s else 1.0 for p, s in zip(params, self.sampled, strict=True)])
+            self.temperature = col([max(p.temperature, MIN_TEMPERATURE) if s else 1.0
+                                    for p, s in zip(params, self.sampled, strict=True)])
             self.any_temperature = any(p.temperature != 1.0 for p in sampled)
             self.top_k = col([p.top_k if s else 0 for p, s in zip(params, self.sampled, strict=True)])
             self.any_top_k = any(p.top_k for p in sampled)
@@ -141,13 +161,21 @@ class RowSampler:
             logits = ban(logits, rows, tokens)
         return logits
 
-    def choose(self, logits: Tensor, uniforms: Tensor | None) -> Tensor:
-        """Next token per row from constrained logits: argmax for greedy rows, a draw for
-        sampled rows (``uniforms`` ``[B]``, one per row, needed when any row samples)."""
-        best = logits.argmax(-1)
+    def choose(self, logits: Tensor, uniforms: Tensor | None, *, best: Tensor | None = None,
+               top: Tensor | None = None, alive: Tensor | None = None) -> Tensor:
+        """Next token per row from constrained, sanitized logits: argmax for greedy rows, a draw
+        for sampled rows (``uniforms`` ``[B]``, one per row, needed when any row samples).
+        ``best``/``top`` are the rows' argmax and max if the caller has them; ``alive`` marks
+        rows with a finite logit -- the others get the argmax (an id in range), never a draw."""
+        if best is None or top is None:
+            top, best = logits.max(-1)
         if not self.any_sampled:
             return best
-        shaped = temperature(logits, self.temperature) if self.any_temperature else logits
+        if alive is None:
+            alive = top > NEG_INF
+        # Shift so the best logit is 0: dividing by a tiny temperature then cannot overflow.
+        shaped = logits - torch.where(alive, top, 0.0)[:, None]
+        shaped = temperature(shaped, self.temperature) if self.any_temperature else shaped
         V = shaped.shape[-1]
         ids = None  # candidate column -> token id, once candidates are sorted
         if 0 < self.max_top_k < V:
@@ -166,4 +194,4 @@ class RowSampler:
             # Draw in vocabulary order whatever the candidates were, so a row's token does not
             # depend on what its batch-mates asked for.
             shaped = torch.full_like(logits, NEG_INF).scatter_(1, ids, shaped)
-        return torch.where(self.is_sampled, draw(shaped, uniforms), best)
+        return torch.where(self.is_sampled & alive, draw(shaped, uniforms), best)

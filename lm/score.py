@@ -3,16 +3,18 @@
 Conventions (the ones ``lmforge score`` prints and the server returns):
 
 - A text is ``tokenizer.encode(text)``, and every one of its N tokens is scored, so ``tokens ==
-  len(encode(text))``. The first token's left context is ``<eos>``: the training stream is a
-  sequence of ``<eos>``-terminated lines (the Penn Treebank convention, where perplexity covers
-  every word and every ``<eos>``), so ``<eos>`` is what precedes the start of a text. (A
-  tokenizer without ``<eos>`` falls back to ``<bos>``; with neither, the first token is not
-  scored and ``tokens == N - 1``.)
+  len(encode(text))``. The first token's left context is the checkpoint's text start
+  (``lm.context``): the line break the model was trained to begin texts after -- ``"\n"``
+  for char and sentencepiece models, ``<eos>`` for a Penn-Treebank-style word model, where
+  perplexity then covers every word and every ``<eos>``. Generation frames a prompt the same
+  way: a text that already begins with the line break has it as its context (that token is not
+  scored: ``tokens == N - 1``), and a model with no text start leaves the first token unscored.
 - ``nll`` is the total in nats; ``perplexity = exp(nll / tokens)``; ``bits_per_char = nll /
   ln 2 / characters`` with ``characters = len(text)`` (code points), comparable across
   tokenizers.
-- A Transformer sees at most ``max_context`` tokens. Longer texts are scored in windows of
-  ``max_context`` tokens that advance by ``stride`` (default ``max_context``: disjoint
+- A Transformer sees at most ``max_context`` tokens -- the context length it was trained on
+  (``TextContext.max_length``). Longer texts are scored in windows of ``max_context`` tokens
+  that advance by ``stride`` (default ``max_context``: disjoint
   windows); each token is scored exactly once, in the first window that contains it after the
   previous window's end, so it has at least ``max_context - stride`` tokens of left context.
   Recurrent models have no limit: texts run in chunks that carry the hidden state, which is
@@ -24,11 +26,13 @@ Conventions (the ones ``lmforge score`` prints and the server returns):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from lm.context import TextContext
 from lm.engine import model_device
 from lm.losses import hidden_token_nll, perplexity, token_nll
 from lm.params import ParamError
@@ -52,15 +56,23 @@ def score_texts(
     tokenizer,
     texts: list[str],
     *,
+    context: TextContext | None = None,
     stride: int | None = None,
     token_logprobs: bool = False,
     batch_size: int = 16,
     device: torch.device | str | None = None,
 ) -> list[ScoreResult]:
-    """Score each text (see the module docstring for the conventions)."""
-    start = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
-    nlls = score_ids(model, [tokenizer.encode(t) for t in texts], context_id=start, stride=stride,
+    """Score each text (see the module docstring for the conventions). ``context`` is the
+    checkpoint's (``lm.checkpoint.read_context``); by default the trainer's rule is applied to
+    ``tokenizer`` and the model's whole context."""
+    context = context or TextContext.derive(tokenizer, getattr(model, "max_context", None))
+    nlls = score_ids(model, [tokenizer.encode(t) for t in texts], context=context, stride=stride,
                      batch_size=batch_size, device=device)
+    return score_results(texts, nlls, token_logprobs=token_logprobs)
+
+
+def score_results(texts: list[str], nlls: list[Tensor], *, token_logprobs: bool = False) -> list[ScoreResult]:
+    """Each text's figures from its per-token NLL (``ScoreJob.result()``)."""
     results = []
     for text, nll in zip(texts, nlls, strict=True):
         total = float(nll.sum())
@@ -79,32 +91,114 @@ def score_ids(
     model: nn.Module,
     sequences: list[list[int]],
     *,
-    context_id: int | None,
+    context: TextContext,
     stride: int | None = None,
     batch_size: int = 16,
     device: torch.device | str | None = None,
 ) -> list[Tensor]:
-    """Per-token NLL (nats, float64 on the CPU) of each token sequence; the first token is
-    conditioned on ``context_id`` (or, if None, not scored)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ParamError("batch_size", f"batch_size must be an integer >= 1, got {batch_size!r}")
-    max_context = getattr(model, "max_context", None)
-    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1
-                               or (max_context is not None and stride > max_context)):
-        raise ParamError("stride", f"stride must be an integer in [1, {max_context or 'inf'}], got {stride!r}")
-    device = torch.device(device) if device is not None else model_device(model)
-    pairs = []  # (inputs, targets): inputs[i] predicts targets[i]
-    for seq in sequences:
-        head = [context_id] if context_id is not None else []
-        full = head + list(seq)
-        pairs.append((full[:-1], full[1:]))
-    out = [torch.zeros(len(t), dtype=torch.float64) for _, t in pairs]
-    with torch.inference_mode():
-        if max_context is None:
-            _score_recurrent(model, pairs, out, batch_size, device)
+    """Per-token NLL (nats, float64 on the CPU) of each token sequence after ``context.start``
+    (framed as ``TextContext.frame`` frames a prompt; with no start, the first token is context
+    and not scored)."""
+    job = ScoreJob(model, sequences, context=context, stride=stride, batch_size=batch_size, device=device)
+    while not job.step():
+        pass
+    return job.result()
+
+
+class ScoreJob:
+    """The scoring of some sequences, cut into bounded forwards.
+
+    ``step()`` runs one forward (a batch of windows, or one chunk of a batch of recurrent
+    texts) and says whether the job is done, so a server can interleave scoring with decoding
+    and stop it between any two forwards (a timeout, a client that left). ``cost`` -- the token
+    positions the job will run through the model, every window counted -- is known before any
+    work, so a server can refuse a request that would cost too much (``stride: 1`` multiplies
+    the work by the window length).
+    """
+
+    def __init__(self, model: nn.Module, sequences: list[list[int]], *, context: TextContext,
+                 stride: int | None = None, batch_size: int = 16, device: torch.device | str | None = None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ParamError("batch_size", f"batch_size must be an integer >= 1, got {batch_size!r}")
+        size = context.max_length
+        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1
+                                   or (size is not None and stride > size)):
+            raise ParamError("stride", f"stride must be an integer in [1, {size or 'inf'}], got {stride!r}")
+        self.model = model
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.pairs: list[tuple[list[int], list[int]]] = []  # (inputs, targets): inputs[i] predicts targets[i]
+        self._firsts = []  # the first scored target: the ones before it predict the rest of the start
+        for seq in sequences:
+            full, n = context.frame(seq)
+            self.pairs.append((full[:-1], full[1:]))
+            self._firsts.append(max(n, 1) - 1)
+        self._out = [torch.zeros(len(t), dtype=torch.float64) for _, t in self.pairs]
+        if size is None:
+            self.cost = sum(len(x) for x, _ in self.pairs)
+            self._work = self._recurrent(batch_size)
         else:
-            _score_windows(model, pairs, out, max_context, stride or max_context, batch_size, device)
-    return out
+            jobs = [(i, *w) for i, (x, _) in enumerate(self.pairs) for w in windows(len(x), size, stride or size)]
+            self.cost = sum(end - begin for _, begin, end, _ in jobs)
+            self._work = self._windows(jobs, batch_size)
+        self.done = False
+
+    def step(self) -> bool:
+        """Run the next forward; True once every token is scored."""
+        if not self.done:
+            with torch.inference_mode():
+                self.done = next(self._work, True) is True
+        return self.done
+
+    def result(self) -> list[Tensor]:
+        """Each sequence's per-token NLL (after ``step()`` returned True)."""
+        if not self.done:
+            raise RuntimeError("the score job has not finished")
+        return [nll[first:] for nll, first in zip(self._out, self._firsts, strict=True)]
+
+    def _windows(self, jobs: list[tuple[int, int, int, int]], batch_size: int) -> Iterator[None]:
+        """Independent windows, longest first in right-padded batches (right padding never
+        changes a causal model's earlier positions)."""
+        jobs.sort(key=lambda j: j[2] - j[1], reverse=True)
+        for b in range(0, len(jobs), batch_size):
+            batch = jobs[b : b + batch_size]
+            width = batch[0][2] - batch[0][1]
+            inputs = torch.zeros(len(batch), width, dtype=torch.long)
+            targets = torch.full((len(batch), width), -100, dtype=torch.long)
+            for r, (i, begin, end, first) in enumerate(batch):
+                x, y = self.pairs[i]
+                inputs[r, : end - begin] = torch.tensor(x[begin:end])
+                targets[r, first - begin : end - begin] = torch.tensor(y[first:end])
+            nll = _nll(self.model, inputs.to(self.device), targets.to(self.device), None,
+                       use_cache=False)[0].double().cpu()
+            for r, (i, begin, end, first) in enumerate(batch):
+                self._out[i][first:end] = nll[r, first - begin : end - begin]
+            yield
+
+    def _recurrent(self, batch_size: int) -> Iterator[None]:
+        """Whole texts, batched by similar length, in chunks that carry the recurrent state."""
+        pairs = self.pairs
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]), reverse=True)
+        for b in range(0, len(order), batch_size):
+            batch = [i for i in order[b : b + batch_size] if pairs[i][0]]
+            if not batch:
+                continue
+            width = len(pairs[batch[0]][0])
+            inputs = torch.zeros(len(batch), width, dtype=torch.long)
+            targets = torch.full((len(batch), width), -100, dtype=torch.long)
+            for r, i in enumerate(batch):
+                x, y = pairs[i]
+                inputs[r, : len(x)] = torch.tensor(x)
+                targets[r, : len(y)] = torch.tensor(y)
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            state = None
+            nll = torch.empty(len(batch), width, dtype=torch.float64)
+            for start in range(0, width, RNN_CHUNK):
+                chunk, state = _nll(self.model, inputs[:, start : start + RNN_CHUNK],
+                                    targets[:, start : start + RNN_CHUNK], state)
+                nll[:, start : start + RNN_CHUNK] = chunk.double().cpu()
+                yield
+            for r, i in enumerate(batch):
+                self._out[i][:] = nll[r, : len(pairs[i][1])]
 
 
 def _nll(model: nn.Module, inputs: Tensor, targets: Tensor, state, **kw):  # noqa: ANN001, ANN202
@@ -130,47 +224,3 @@ def windows(n: int, size: int, stride: int) -> list[tuple[int, int, int]]:
         out.append((max(0, new_end - size), new_end, end))
         end = new_end
     return out
-
-
-def _score_windows(model: nn.Module, pairs, out: list[Tensor], size: int, stride: int, batch_size: int,
-                   device: torch.device) -> None:
-    """Independent windows of at most ``size`` tokens, longest first in right-padded batches
-    (right padding never changes a causal model's earlier positions)."""
-    jobs = [(i, *w) for i, (x, _) in enumerate(pairs) for w in windows(len(x), size, stride)]
-    jobs.sort(key=lambda j: j[2] - j[1], reverse=True)
-    for b in range(0, len(jobs), batch_size):
-        batch = jobs[b : b + batch_size]
-        width = batch[0][2] - batch[0][1]
-        inputs = torch.zeros(len(batch), width, dtype=torch.long)
-        targets = torch.full((len(batch), width), -100, dtype=torch.long)
-        for r, (i, begin, end, first) in enumerate(batch):
-            x, y = pairs[i]
-            inputs[r, : end - begin] = torch.tensor(x[begin:end])
-            targets[r, first - begin : end - begin] = torch.tensor(y[first:end])
-        nll = _nll(model, inputs.to(device), targets.to(device), None, use_cache=False)[0].double().cpu()
-        for r, (i, begin, end, first) in enumerate(batch):
-            out[i][first:end] = nll[r, first - begin : end - begin]
-
-
-def _score_recurrent(model: nn.Module, pairs, out: list[Tensor], batch_size: int, device: torch.device) -> None:
-    """Whole texts, batched by similar length, in chunks that carry the recurrent state."""
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]), reverse=True)
-    for b in range(0, len(order), batch_size):
-        batch = [i for i in order[b : b + batch_size] if pairs[i][0]]
-        if not batch:
-            continue
-        width = len(pairs[batch[0]][0])
-        inputs = torch.zeros(len(batch), width, dtype=torch.long)
-        targets = torch.full((len(batch), width), -100, dtype=torch.long)
-        for r, i in enumerate(batch):
-            x, y = pairs[i]
-            inputs[r, : len(x)] = torch.tensor(x)
-            targets[r, : len(y)] = torch.tensor(y)
-        inputs, targets = inputs.to(device), targets.to(device)
-        state = None
-        nll = torch.empty(len(batch), width, dtype=torch.float64)
-        for start in range(0, width, RNN_CHUNK):
-            chunk, state = _nll(model, inputs[:, start : start + RNN_CHUNK], targets[:, start : start + RNN_CHUNK], state)
-            nll[:, start : start + RNN_CHUNK] = chunk.double().cpu()
-        for r, i in enumerate(batch):
-            out[i][:] = nll[r, : len(pairs[i][1])]

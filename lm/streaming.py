@@ -15,6 +15,7 @@ to be the start of a stop string is held back, so a stop string never reaches th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -106,3 +107,60 @@ class TextStream:
             if any(s.startswith(tail) for s in self._stop):
                 return k
         return 0
+
+
+def token_pieces(tokenizer: Decoder, context_ids: Sequence[int], ids: Sequence[int], text: str | None = None) -> list[str]:
+    """The text of each of ``ids`` as it reads after ``context_ids``, cut to ``text``.
+
+    Decoding a token alone drops the spaces that word and sentencepiece tokenizers put between
+    tokens, and shows half a UTF-8 character as U+FFFD. Here each token's piece is what it adds
+    to the text decoded so far (a token that only starts a character adds "", the one that
+    completes it adds the character), and pieces past the end of ``text`` -- the ``<eos>`` or
+    stop string that ended a completion, which ``text`` leaves out -- are cut. So
+    ``"".join(pieces) == text`` and piece ``i`` starts at ``len("".join(pieces[:i]))``: OpenAI's
+    ``tokens`` and ``text_offset`` for every tokenizer kind. Without ``text``, nothing is cut.
+    """
+    aligner = PieceAligner(tokenizer, context_ids)
+    out = [piece for token in ids for piece, _ in aligner.push(token, 0.0, 0)]
+    out += [piece for piece, _ in aligner.finish(sys.maxsize if text is None else len(text))]
+    return out
+
+
+class PieceAligner:
+    """``token_pieces`` step by step, for a stream: each token's piece is released once the text
+    released to the client covers it, so streamed pieces equal the non-streamed ones."""
+
+    def __init__(self, tokenizer: Decoder, context_ids: Sequence[int] = ()) -> None:
+        self._stream = TextStream(tokenizer, context_ids)
+        self._pending: list[list] = []  # [piece, logprob]
+        self._end = 0  # characters of text in pieces so far
+        self._released = 0  # characters of text already handed out in released pieces
+
+    def push(self, token_id: int, logprob: float, released: int) -> list[tuple[str, float]]:
+        """Add a token (``released``: characters of the completion the client has so far);
+        return the ``(piece, logprob)`` of each token now covered by released text."""
+        piece = self._stream.push(token_id)
+        self._pending.append([piece, logprob])
+        self._end += len(piece)
+        return self._flush(released, final=False)
+
+    def finish(self, length: int) -> list[tuple[str, float]]:
+        """The rest, cut to a completion of ``length`` characters."""
+        tail = self._stream.finish()
+        if self._pending:
+            self._pending[-1][0] += tail
+        elif tail:
+            self._pending.append([tail, 0.0])
+        return self._flush(length, final=True)
+
+    def _flush(self, limit: int, *, final: bool) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        while self._pending:
+            piece, logprob = self._pending[0]
+            if not final and self._released + len(piece) > limit:
+                break
+            keep = piece[: max(0, limit - self._released)]
+            self._released += len(keep)
+            out.append((keep, logprob))
+            self._pending.pop(0)
+        return out

@@ -40,6 +40,7 @@ from lm.checkpoint import (
     write_text_atomic,
 )
 from lm.config import RunConfig, TrainConfig, run_config_from_dict, to_dict
+from lm.context import TextContext, trained_length
 from lm.data import RandomBatches, SequentialBatches, eval_batches, resolve_corpus, tokenize_to_file
 from lm.distributed import (
     DistInfo,
@@ -165,6 +166,8 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             recover_run_dir(self.run_dir)
+            if not resume:
+                check_tokenizer_unchanged(self.run_dir, run)
             (self.run_dir / RUN_CONFIG_FILE).write_text(json.dumps(_run_to_dict(run), indent=2) + "\n")
         self._barrier()
 
@@ -174,24 +177,32 @@ class Trainer:
         self._barrier()
         if not self.dist.is_main:
             self.tokenizer = load_tokenizer(self.run_dir / "tokenizer")
+        self.model_config = run.model_config(self.tokenizer.vocab_size)
+        # What a text starts after, and the context trained: recorded in every checkpoint.
+        self.context = TextContext.derive(self.tokenizer,
+                                          trained_length(self.model_config.max_context, self.cfg.seq_len))
         cache = Path(run.data.cache_dir) if run.data.cache_dir else self.run_dir / "data"
         tok_dir = self.run_dir / "tokenizer"
+        start = self.context.start
+
+        def tokens_of(split: list[Path]) -> np.ndarray:
+            return tokenize_to_file(split, self.tokenizer, tok_dir, cache, start=start)
+
         if self.dist.is_main:  # tokenize once; the other ranks then open the cached files
             for split in (files.train, files.valid, files.test):
                 if split:
-                    tokenize_to_file(split, self.tokenizer, tok_dir, cache)
+                    tokens_of(split)
         self._barrier()
-        train_tokens = tokenize_to_file(files.train, self.tokenizer, tok_dir, cache)
+        train_tokens = tokens_of(files.train)
         if files.valid:
-            self.valid_tokens = tokenize_to_file(files.valid, self.tokenizer, tok_dir, cache)
+            self.valid_tokens = tokens_of(files.valid)
         else:
             cut = int(len(train_tokens) * (1 - run.data.valid_fraction))
             train_tokens, self.valid_tokens = train_tokens[:cut], train_tokens[cut:]
-        self.test_tokens = tokenize_to_file(files.test, self.tokenizer, tok_dir, cache) if files.test else None
+        self.test_tokens = tokens_of(files.test) if files.test else None
         self.train_tokens = train_tokens
 
         torch.manual_seed(self.cfg.seed)
-        self.model_config = run.model_config(self.tokenizer.vocab_size)
         self.model = build_model(self.model_config).to(self.device)
         self.is_rnn = isinstance(self.model, RNNLM)
         batching = run.data.batching
@@ -231,6 +242,8 @@ class Trainer:
         self.last_val = math.inf
         self.evals_since_best = 0
         self.plateau_scale = 1.0
+        self.decay_start: float | None = None
+        """Run progress when warm-up ended: decay schedules run from there (peak) to the end."""
         self.skipped = 0
         self.rnn_state: RNNState | None = None
         if resume:
@@ -268,7 +281,9 @@ class Trainer:
     def train_step(self) -> float | None:
         """One optimizer step over the global batch; returns the mean loss (None if skipped)."""
         cfg = self.cfg
-        lr = scheduled_lr(cfg, self.step, self._progress(), self.plateau_scale)
+        if self.decay_start is None and self.step >= cfg.warmup_steps:
+            self.decay_start = self._progress()
+        lr = scheduled_lr(cfg, self.step, self._progress(), self.plateau_scale, self.decay_start or 0.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.train_model.train()
@@ -392,6 +407,7 @@ class Trainer:
             "last_val": self.last_val,
             "evals_since_best": self.evals_since_best,
             "plateau_scale": self.plateau_scale,
+            "decay_start": -1.0 if self.decay_start is None else self.decay_start,
             "skipped": self.skipped,
             "world_size": self.dist.world_size,
             "optimizer": optimizer_state,
@@ -405,7 +421,7 @@ class Trainer:
         name = f"step-{self.step:08d}"
         try:
             path = save_checkpoint(self.run_dir / name, self.model, self.tokenizer, training=self._training_meta(),
-                                   trainer_state=trainer_state, state_dict=weights)
+                                   trainer_state=trainer_state, state_dict=weights, context=self.context)
             write_text_atomic(self.run_dir / LATEST_FILE, name + "\n")
         except OSError as exc:
             previous = (self.run_dir / LATEST_FILE).read_text().strip() if (self.run_dir / LATEST_FILE).is_file() else None
@@ -449,6 +465,10 @@ class Trainer:
         self.last_val = float(st["last_val"])
         self.evals_since_best = int(st["evals_since_best"])
         self.plateau_scale = float(st["plateau_scale"])
+        if "decay_start" in st:
+            self.decay_start = None if float(st["decay_start"]) < 0 else float(st["decay_start"])
+        elif self.step >= self.cfg.warmup_steps:  # written before warm-up was accounted for
+            self.decay_start = min(1.0, self.cfg.warmup_steps / self.cfg.max_steps)
         self.skipped = int(st["skipped"])
         if "rnn_state" in st:
             per = self.cfg.batch_size // self.dist.world_size
@@ -588,7 +608,7 @@ class Trainer:
             if self.dist.is_main:
                 try:
                     save_checkpoint(self.run_dir / "best", self.model, self.tokenizer, training=self._training_meta(),
-                                    state_dict=weights)
+                                    state_dict=weights, context=self.context)
                 except OSError as exc:
                     raise TrainingError(
                         f"could not save the best checkpoint at step {self.step} to {self.run_dir / 'best'}: "
@@ -618,6 +638,27 @@ def recover_run_dir(run_dir: Path) -> None:
             log.warning("restored %s from an interrupted replace", target)
         else:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def check_tokenizer_unchanged(run_dir: Path, run: RunConfig) -> None:
+    """A fresh run into a directory that already holds a tokenizer reuses it only when the
+    ``[tokenizer]`` table is the one it was made from; anything else would train on ids that
+    mean something else than the config says."""
+    if not (run_dir / "tokenizer" / "tokenizer.json").is_file():
+        return
+    how = (f"use another train.out_dir, delete {run_dir / 'tokenizer'} to train a new one, "
+           f"or continue the old run with --resume {run_dir}")
+    path = run_dir / RUN_CONFIG_FILE
+    try:
+        old = json.loads(path.read_text()).get("tokenizer")
+    except (OSError, ValueError, AttributeError):
+        raise TrainingError(f"{run_dir} holds a tokenizer but no readable {RUN_CONFIG_FILE} saying what it was "
+                            f"trained with; {how}") from None
+    new = to_dict(run.tokenizer)
+    if old != new:
+        keys = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
+        raise TrainingError(f"{run_dir} holds a tokenizer made with a different [tokenizer] table "
+                            f"(differs in {', '.join('tokenizer.' + k for k in keys)}); {how}")
 
 
 def _run_to_dict(run: RunConfig) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from lm.engine import FinishEvent, TokenEvent
 from lm.generate import Completion, GenerationParams, ParamError
+from lm.score import ScoreJob
+from lm.streaming import token_pieces
 from service.errors import APIError, error_body
 from service.registry import ServedModel
 from service.scheduler import Event, GenerationFailed, QueueFull, SchedulerStopped, Submission
@@ -102,6 +104,48 @@ def submit(
         raise APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(settings.retry_after_s)}) from None
     except SchedulerStopped as exc:
         raise APIError(503, str(exc), code="not_ready", headers={"Retry-After": str(settings.retry_after_s)}) from None
+
+
+def score_job(served: ServedModel, texts: list[str], settings: Settings, field: str, *,
+              stride: int | None = None) -> ScoreJob:
+    """The scoring of ``texts``, refused (422) if it would run more token positions through
+    the model than ``max_score_cost`` allows -- every window counted, so ``stride: 1`` costs
+    the window length per token -- or if the scorer refuses an argument (a bad ``stride``)."""
+    try:
+        job = served.pipeline.score_job(texts, stride=stride)
+    except ParamError as exc:
+        raise APIError(422, str(exc), param=exc.field, code="invalid_parameter") from None
+    what = "scoring cost (token positions run through the model, every window counted)"
+    if stride is not None and job.cost > settings.max_score_cost:
+        what += "; a larger stride costs less"
+    check_limit(job.cost, settings.max_score_cost, field, "max_score_cost", what=what)
+    return job
+
+
+async def run_score(served: ServedModel, job: ScoreJob, request: Request, settings: Settings,
+                    request_id: str) -> ScoreJob:
+    """Run a scoring job on the model's worker, under the queue bound (429/503 as for
+    generation) and the request timeout (504); it stops when the client disconnects."""
+    task = asyncio.ensure_future(served.scheduler.score(job, request_id))
+    watcher = asyncio.ensure_future(_watch_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, timeout=settings.request_timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            exc = task.exception()
+            if isinstance(exc, QueueFull):
+                served.scheduler.metrics.rejected.labels("queue_full").inc()
+                raise APIError(429, str(exc), code="queue_full",
+                               headers={"Retry-After": str(settings.retry_after_s)}) from None
+            if exc is not None:
+                raise as_api_error(exc, settings) from None
+            return task.result()
+        if watcher in done:
+            raise ClientGone
+        raise as_api_error(TimeoutError(), settings)
+    finally:
+        for t in (task, watcher):
+            t.cancel()
 
 
 def as_api_error(exc: BaseException, settings: Settings) -> APIError:
@@ -232,10 +276,17 @@ def sse_error(exc: BaseException, settings: Settings, event: str | None = "error
     return sse(error_body(err.status, err.message, err.param, err.code), event=event)
 
 
-def token_texts(served: ServedModel, ids: Sequence[int]) -> list[str]:
-    """The text of each token on its own (a partial UTF-8 byte decodes to a replacement)."""
-    tok = served.pipeline.tokenizer
-    return [tok.decode([i]) for i in ids]
+def token_texts(served: ServedModel, prompt_ids: Sequence[int], ids: Sequence[int], text: str) -> list[str]:
+    """Each generated token's text as it reads in ``text``, the completion of ``prompt_ids``
+    (``lm.streaming.token_pieces``: they join to exactly ``text``)."""
+    context, _ = served.pipeline.context.frame(prompt_ids)
+    return token_pieces(served.pipeline.tokenizer, context, ids, text)
+
+
+def prompt_token_texts(served: ServedModel, ids: Sequence[int]) -> list[str]:
+    """Each prompt token's text, read after the text start as the model reads it."""
+    pipe = served.pipeline
+    return token_pieces(pipe.tokenizer, pipe.context.start, ids)
 
 
 def now() -> int:

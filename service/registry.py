@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 import torch
 
 from lm.checkpoint import CONFIG_FILE
@@ -38,8 +37,6 @@ class ServedModel:
     pipeline: Pipeline
     scheduler: Scheduler
     created: int = field(default_factory=lambda: int(time.time()))
-    score_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
-    score_waiting: int = 0
 
     @property
     def vocab_size(self) -> int:

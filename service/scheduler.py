@@ -5,7 +5,13 @@ worker fills through ``loop.call_soon_threadsafe``); the worker owns the model's
 ``DecodeSession`` and, between two decode steps, adds newly arrived requests to the running
 batch and drops cancelled ones. So a request that arrives while others decode starts at the
 next step instead of waiting for the whole batch to finish, and throughput grows with
-concurrency.
+concurrency. A prompt is complete when the engine says so (its ``DoneEvent``), never by
+counting finish events.
+
+Scoring (``/v1/perplexity``, ``echo`` with ``logprobs``) runs on the same thread, under the same
+``max_queue`` bound: a ``ScoreJob`` advances one bounded forward per loop turn, between decode
+steps, so a long text neither stalls generation nor outlives its client or its timeout (a
+cancelled job stops at its next forward). A scoring job that raises fails only its own request.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from lm.engine import DecodeSession, FinishEvent, TokenEvent
+from lm.engine import DecodeSession, DoneEvent, FinishEvent, TokenEvent
 from lm.generate import GenerationParams
+from lm.score import ScoreJob
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Event = TokenEvent | FinishEvent
+Event = TokenEvent | FinishEvent | DoneEvent
 
 
 class QueueFull(Exception):
@@ -41,11 +48,6 @@ class GenerationFailed(Exception):
     """The decode step raised; the message is logged server-side, not sent to the client."""
 
 
-def sequences_for(params: GenerationParams) -> int:
-    """How many ``FinishEvent``s complete a request."""
-    return params.num_return_sequences
-
-
 @dataclass(eq=False)
 class Ticket:
     """One prompt of a request, as the worker sees it."""
@@ -55,11 +57,21 @@ class Ticket:
     prompt_ids: list[int]
     params: GenerationParams
     submission: Submission
-    finished: int = 0
 
     @property
     def expected(self) -> int:
-        return sequences_for(self.params)
+        """The completions this prompt returns."""
+        return self.params.num_return_sequences
+
+
+@dataclass(eq=False)
+class ScoreTicket:
+    """A scoring request, as the worker sees it: its job and the future its result resolves."""
+
+    request_id: str
+    job: ScoreJob
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
 
 
 class Submission:
@@ -83,19 +95,17 @@ class Submission:
         Raises ``TimeoutError`` once ``deadline`` (``loop.time()`` clock) passes, or the
         exception the worker delivered for a prompt (the request then fails as a whole).
         """
-        remaining = {t.index: t.expected for t in self.tickets}
-        while any(remaining.values()):
+        while self._open:
             timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
             index, item = await asyncio.wait_for(self.queue.get(), timeout)
             if isinstance(item, BaseException):
                 self._open.discard(index)
                 raise item
             for event in item:
-                if isinstance(event, FinishEvent):
-                    remaining[index] -= 1
-                    if not remaining[index]:
-                        self._open.discard(index)
-                yield index, event
+                if isinstance(event, DoneEvent):
+                    self._open.discard(index)
+                else:
+                    yield index, event
 
     def add(self, ticket: Ticket) -> None:
         self.tickets.append(ticket)
@@ -118,6 +128,15 @@ def _put_all(items: list[tuple[Ticket, list[Event] | BaseException]]) -> None:
 @dataclass
 class _Cancel:
     request_id: str
+
+
+def _resolve(future: asyncio.Future, result: object) -> None:
+    """Runs on the event loop: settle a scoring request's future (unless it was abandoned)."""
+    if not future.done():
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 _STOP = object()
@@ -144,7 +163,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.max_batch_rows = max_batch_rows
         self.metrics = metrics
-        self._inbox: queue.SimpleQueue[Ticket | _Cancel | object] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Ticket | ScoreTicket | _Cancel | object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._inflight = 0
         self._ids = itertools.count()
@@ -179,16 +198,7 @@ class Scheduler:
 
         With ``stream=False`` only finish events are delivered.
         """
-        if not self.alive:
-            raise SchedulerStopped(f"model {self.name!r} is not running")
-        with self._lock:
-            if self._inflight + len(requests) > self.max_queue:
-                raise QueueFull(
-                    f"model {self.name!r} already holds {self._inflight} request(s); the limit is "
-                    f"{self.max_queue} (max_queue)"
-                )
-            self._inflight += len(requests)
-            self.metrics.queue_depth.labels(self.name).set(self._inflight)
+        self._reserve(len(requests))
         submission = Submission(self, asyncio.get_running_loop(), stream=stream)
         for i, (ids, params) in enumerate(requests):
             ticket = Ticket(f"{request_id}/{i}/{next(self._ids)}", i, ids, params, submission)
@@ -196,6 +206,34 @@ class Scheduler:
         for ticket in submission.tickets:
             self._inbox.put(ticket)
         return submission
+
+    def _reserve(self, n: int) -> None:
+        if not self.alive:
+            raise SchedulerStopped(f"model {self.name!r} is not running")
+        with self._lock:
+            if self._inflight + n > self.max_queue:
+                raise QueueFull(
+                    f"model {self.name!r} already holds {self._inflight} request(s); the limit is "
+                    f"{self.max_queue} (max_queue)"
+                )
+            self._inflight += n
+            self.metrics.queue_depth.labels(self.name).set(self._inflight)
+
+    async def score(self, job: ScoreJob, request_id: str) -> ScoreJob:
+        """Run a scoring job on the worker thread, between decode steps; returns it finished.
+
+        Counts against ``max_queue`` like a prompt (``QueueFull``, ``SchedulerStopped``). If the
+        caller is cancelled (timeout, client gone) the job stops at its next forward.
+        """
+        self._reserve(1)
+        loop = asyncio.get_running_loop()
+        ticket = ScoreTicket(f"{request_id}/score/{next(self._ids)}", job, loop, loop.create_future())
+        self._inbox.put(ticket)
+        try:
+            return await ticket.future
+        except BaseException:  # cancelled (timeout, client gone; asyncio cancels the future too) or failed
+            self.cancel(ticket.request_id)  # a no-op for a job that already ended
+            raise
 
     def cancel(self, request_id: str) -> None:
         self._inbox.put(_Cancel(request_id))
@@ -224,10 +262,11 @@ class Scheduler:
     def _run(self) -> None:
         session = self._session_factory(self.max_batch_rows)
         active: dict[str, Ticket] = {}
+        scoring: dict[str, ScoreTicket] = {}
         stop = False
         while not stop:
             commands: list[object] = []
-            if not active:
+            if not active and not scoring:
                 commands.append(self._inbox.get())  # idle: sleep until there is work
             while True:
                 try:
@@ -239,16 +278,47 @@ class Scheduler:
                     stop = True
                 elif isinstance(command, Ticket):
                     self._add(session, command, active)
-                elif isinstance(command, _Cancel) and active.pop(command.request_id, None) is not None:
-                    session.cancel(command.request_id)
-                    self._release()
-            if active and not stop:
+                elif isinstance(command, ScoreTicket):
+                    scoring[command.request_id] = command
+                elif isinstance(command, _Cancel):
+                    if active.pop(command.request_id, None) is not None:
+                        session.cancel(command.request_id)
+                        self._release()
+                    elif scoring.pop(command.request_id, None) is not None:
+                        self._release()
+            if stop:
+                break
+            if active:
                 session = self._step(session, active)
+            if scoring:
+                self._score_step(scoring)
         stopped = SchedulerStopped("the server is shutting down")
         for ticket in active.values():
             self._deliver(ticket, stopped)
-        self._release(len(active))
+        for score in scoring.values():
+            self._settle(score, stopped)
+        self._release(len(active) + len(scoring))
         self.metrics.batch_rows.labels(self.name).set(0)
+
+    @staticmethod
+    def _settle(ticket: ScoreTicket, result: object) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            ticket.loop.call_soon_threadsafe(_resolve, ticket.future, result)
+
+    def _score_step(self, scoring: dict[str, ScoreTicket]) -> None:
+        """One forward of the oldest scoring job; a job that raises fails only its own request."""
+        request_id, ticket = next(iter(scoring.items()))
+        try:
+            done = ticket.job.step()
+        except Exception:
+            log.exception("scoring failed on model %s (request %s)", self.name, request_id)
+            done, result = True, GenerationFailed("scoring failed")
+        else:
+            result = ticket.job
+        if done:
+            del scoring[request_id]
+            self._release()
+            self._settle(ticket, result)
 
     def _add(self, session: DecodeSession, ticket: Ticket, active: dict[str, Ticket]) -> None:
         """Hand a request to the session; it joins the batch at the next step when rows are free."""
@@ -277,6 +347,7 @@ class Scheduler:
             return self._session_factory(self.max_batch_rows)
         self.metrics.step_seconds.labels(self.name).observe(time.perf_counter() - start)
         by_request: dict[str, list[Event]] = {}
+        finished: list[str] = []
         tokens = 0
         for event in events:
             ticket = active.get(event.request_id)
@@ -285,20 +356,20 @@ class Scheduler:
             by_request.setdefault(event.request_id, []).append(event)
             if isinstance(event, TokenEvent):
                 tokens += 1
-            else:
-                if ticket.params.strategy == "beam":
-                    tokens += len(event.completion.token_ids)
-                ticket.finished += 1
+            elif isinstance(event, DoneEvent):
+                finished.append(event.request_id)
+            elif ticket.params.strategy == "beam":
+                tokens += len(event.completion.token_ids)
         deliveries: list[tuple[Ticket, list[Event] | BaseException]] = []
         for request_id, batch in by_request.items():
             ticket = active[request_id]
             if not ticket.submission.stream:
-                batch = [e for e in batch if isinstance(e, FinishEvent)]
+                batch = [e for e in batch if not isinstance(e, TokenEvent)]
             if batch:
                 deliveries.append((ticket, batch))
-            if ticket.finished >= ticket.expected:
-                del active[request_id]
-                self._release()
+        for request_id in finished:
+            del active[request_id]
+            self._release()
         self._deliver_all(deliveries)
         if tokens:
             self.metrics.tokens_generated.labels(self.name).inc(tokens)

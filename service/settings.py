@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_return_sequences: int = Field(8, ge=1, description="sequences returned per prompt (n)")
     max_prompts: int = Field(16, ge=1, description="prompts (or texts to score) per request")
     max_score_tokens: int = Field(16384, ge=1, description="tokens in one text to score")
+    max_score_cost: int = Field(262144, ge=1, description="token positions one scoring request may run through "
+                                                          "the model, every sliding window counted (stride: 1 "
+                                                          "costs the window length per token)")
     max_body_bytes: int = Field(262_144, ge=1024, description="request body size")
     max_queue: int = Field(64, ge=1, description="requests accepted per model at once (decoding or waiting)")
     max_batch_rows: int = Field(32, ge=1, description="rows of the running decode batch per model")

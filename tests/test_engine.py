@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lm.config import RNNConfig, TransformerConfig
-from lm.engine import DecodeSession, FinishEvent, TokenEvent
+from lm.engine import DecodeSession, DoneEvent, FinishEvent, TokenEvent
 from lm.generate import GenerationParams, ParamError, generate
 from lm.models import RNNState, build_model
 from lm.pipeline import Pipeline
@@ -63,10 +63,11 @@ def collect(session: DecodeSession) -> tuple[dict, dict]:
     done, streamed = {}, {}
     while session.active:
         for e in session.step():
+            if isinstance(e, DoneEvent):
+                continue
             key = (e.request_id, e.index)
-            if isinstance(e, TokenEvent):
-                streamed[key] = streamed.get(key, "") + e.text
-            else:
+            streamed[key] = streamed.get(key, "") + e.text
+            if isinstance(e, FinishEvent):
                 done[key] = e.completion
     return done, streamed
 
@@ -167,7 +168,7 @@ def test_streamed_deltas_are_whole_characters(kw):
         for e in session.step():
             if isinstance(e, TokenEvent):
                 deltas.setdefault(e.index, []).append(e.text)
-            else:
+            elif isinstance(e, FinishEvent):
                 done[e.index] = e.completion
     for i, c in done.items():
         assert c.text == TEXT and c.finish_reason == "eos"

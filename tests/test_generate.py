@@ -16,6 +16,8 @@ from tokenizer import CharTokenizer
 CHARS = list("abcdefghij .,é€")
 TOK = CharTokenizer(CHARS)
 EOS = TOK.eos_id
+START = TOK.encode("\n")
+"""What a prompt is conditioned on: the line break (``lm.context``; byte fallback here)."""
 
 
 
@@ -69,7 +71,7 @@ def test_cached_equals_uncached_greedy(family):
     prompt = TOK.encode("abc de")
     # 40 new tokens with a 16-token context: the Transformer window slides several times.
     [[c]] = run(model, [prompt], max_new_tokens=40, stop_at_eos=False)
-    assert c.token_ids == uncached_greedy(model, [EOS] + prompt, 40)
+    assert c.token_ids == uncached_greedy(model, START + prompt, 40)
     assert c.finish_reason == "length" and c.prompt_tokens == len(prompt)
 
 
@@ -79,7 +81,7 @@ def test_cached_equals_uncached_learned_positions_and_long_prompt():
     model = tiny("transformer", block_size=12, pos_emb="learned", scale=3.0)
     prompt = TOK.encode("abcdefghij abcdefghij")
     [[c]] = run(model, [prompt], max_new_tokens=30, stop_at_eos=False)
-    assert c.token_ids == uncached_greedy(model, [EOS] + prompt, 30)
+    assert c.token_ids == uncached_greedy(model, START + prompt, 30)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -87,7 +89,7 @@ def test_logprobs_are_the_models(family):
     model = tiny(family, scale=3.0)
     prompt = TOK.encode("hello")
     [[c]] = run(model, [prompt], max_new_tokens=8, stop_at_eos=False)
-    seq = [EOS] + prompt + c.token_ids
+    seq = START + prompt + c.token_ids
     with torch.no_grad():
         logits, _ = model(torch.tensor([seq[:-1]]), use_cache=False)
     ref = logits[0].log_softmax(-1)[torch.arange(len(seq) - 1), torch.tensor(seq[1:])][-8:]
@@ -231,7 +233,7 @@ def test_no_repeat_ngram_and_repetition_penalty():
     assert len(set(zip(ids, ids[1:], strict=False))) < len(ids) - 1  # a peaked model repeats itself
 
     [[c]] = run(model, ["ab"], max_new_tokens=30, stop_at_eos=False, no_repeat_ngram_size=2)
-    seq = [EOS] + TOK.encode("ab") + c.token_ids
+    seq = START + TOK.encode("ab") + c.token_ids
     bigrams = list(zip(seq, seq[1:], strict=False))
     assert len(bigrams) == len(set(bigrams))
 

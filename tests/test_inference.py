@@ -220,6 +220,7 @@ def test_prepared_model_decodes_like_the_plain_one(dtype: torch.dtype, spy: list
 def test_prepared_rnn_scores_like_the_plain_one(spy: list, pack_all: None) -> None:
     """An LSTM with a projection before its tied decoder: same logits and perplexity prepared."""
     from lm.config import RNNConfig
+    from lm.context import TextContext
     from lm.score import score_ids
 
     torch.manual_seed(0)
@@ -232,6 +233,7 @@ def test_prepared_rnn_scores_like_the_plain_one(spy: list, pack_all: None) -> No
     with torch.inference_mode():
         torch.testing.assert_close(prepared(tokens)[0], plain(tokens)[0], **TOL[torch.float32])
     ids = [torch.randint(4, 120, (200,)).tolist()]
-    torch.testing.assert_close(score_ids(prepared, ids, context_id=3), score_ids(plain, ids, context_id=3),
+    context = TextContext((3,), None)
+    torch.testing.assert_close(score_ids(prepared, ids, context=context), score_ids(plain, ids, context=context),
                                **TOL[torch.float32])
     assert spy

@@ -10,6 +10,7 @@ import torch
 
 import lm.score
 from lm.config import RNNConfig, TransformerConfig
+from lm.context import TextContext
 from lm.generate import ParamError
 from lm.losses import token_nll
 from lm.models import build_model
@@ -17,7 +18,8 @@ from lm.score import score_ids, score_texts, windows
 from tokenizer import CharTokenizer
 
 TOK = CharTokenizer(list("abcdefghij .,\n"))
-EOS = TOK.eos_id
+START = TOK.encode("\n")[0]
+"""What a text starts after: the line break (``lm.context``)."""
 TEXT = "abc def ghi.\nj, a b c\n" * 3
 
 
@@ -35,7 +37,7 @@ def tiny(family: str, block_size: int = 16):
 def brute_force(model, text: str, context: int | None) -> list[float]:
     """NLL of token j given the ``context`` tokens before it (all of them if None), one forward
     per token."""
-    x = [EOS] + TOK.encode(text)
+    x = [START] + TOK.encode(text)
     out = []
     with torch.no_grad():
         for j in range(1, len(x)):
@@ -79,7 +81,7 @@ def test_sliding_window_scores_each_token_once_with_its_context(stride):
     # Token j is scored in the window ending at the first window end past j; brute force with
     # the same left context.
     expected = []
-    x = [EOS] + TOK.encode(TEXT)
+    x = [START] + TOK.encode(TEXT)
     with torch.no_grad():
         for begin, end, first in windows(n, size, stride):
             logits, _ = model(torch.tensor([x[begin:end]]), use_cache=False)
@@ -118,10 +120,10 @@ def test_batched_texts_equal_one_by_one(family):
     assert together[2].tokens == 0 and together[2].nll == 0.0
 
 
-def test_first_token_without_context_id_is_not_scored():
+def test_first_token_without_a_text_start_is_not_scored():
     model = tiny("rnn")
     ids = TOK.encode("abc")
-    [nll] = score_ids(model, [ids], context_id=None)
+    [nll] = score_ids(model, [ids], context=TextContext((), None))
     assert len(nll) == len(ids) - 1
 
 

@@ -46,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [*lmforge_command(), "serve", "--checkpoints", str(root), "--port", str(port),
-             "--max-new-tokens", "100000"],
+             "--max-new-tokens", "100000", "--max-score-cost", "100000000"],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}"
@@ -128,6 +128,28 @@ def test_disconnect_while_waiting_cancels_generation(server: Server) -> None:
             time.sleep(0.02)
         assert queue_depth(server) == 1
     assert wait_for_empty_queue(server, 5) < 5
+
+
+def test_disconnect_while_scoring_stops_the_work(server: Server) -> None:
+    """A client that leaves mid-scoring frees the model: its queue slot empties within a
+    second or so, and a request after it is answered at once (not after the abandoned work)."""
+    route = "/v1/perplexity"
+    body = {"texts": ["To be, or not to be, that is the question. " * 90] * 16, "stride": 1}
+    payload = json.dumps(body).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(
+            f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+            + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
+        )
+        deadline = time.monotonic() + 5
+        while queue_depth(server) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert queue_depth(server) == 1
+    assert wait_for_empty_queue(server, 3) < 3
+    start = time.monotonic()
+    r = httpx.post(f"{server.url}/v1/perplexity", headers=AUTH, json={"text": "To be, or not to be"})
+    assert r.status_code == 200 and time.monotonic() - start < 2
 
 
 def test_perplexity_and_completions(server: Server) -> None:

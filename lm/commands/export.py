@@ -22,7 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm.checkpoint import load_checkpoint, read_config, resolve_checkpoint_dir, save_checkpoint
+    from lm.checkpoint import (
+        load_checkpoint,
+        read_config,
+        read_context,
+        resolve_checkpoint_dir,
+        save_checkpoint,
+    )
 
     src = resolve_checkpoint_dir(args.source)
     _, meta = read_config(src)
@@ -30,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     training = dict(meta.get("training") or {})
     training["exported_from"] = str(src)
     training["weights_dtype"] = args.dtype
-    out = save_checkpoint(args.dest, model, tok, training=training, dtype=DTYPES[args.dtype])
+    out = save_checkpoint(args.dest, model, tok, training=training, dtype=DTYPES[args.dtype],
+                          context=read_context(src, tok))
     print(f"exported {src} -> {out} ({args.dtype})")
     return 0

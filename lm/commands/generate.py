@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm.engine import FinishEvent
+    from lm.engine import DoneEvent, FinishEvent
     from lm.params import GenerationParams, ParamError
     from lm.pipeline import Pipeline
 
@@ -69,12 +69,14 @@ def run(args: argparse.Namespace) -> int:
             if not args.json:
                 print(prompt, end="", flush=True)
             for event in pipe.stream(prompt, params):
+                if isinstance(event, DoneEvent):
+                    continue
                 if args.json:
                     record = ({"completion": dataclasses.asdict(event.completion)} if isinstance(event, FinishEvent)
                               else {"text": event.text, "token_id": event.token_id, "logprob": event.logprob})
                     print(json.dumps(record, ensure_ascii=False), flush=True)
-                elif not isinstance(event, FinishEvent):
-                    print(event.text, end="", flush=True)
+                else:
+                    print(event.text, end="", flush=True)  # a FinishEvent's text: what was held back
             if not args.json:
                 print()
         return 0

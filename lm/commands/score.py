@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             texts.append(text)
     pipe = Pipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
     try:
-        results = score_texts(pipe.model, pipe.tokenizer, texts, stride=args.stride, batch_size=args.batch_size,
+        results = score_texts(pipe.model, pipe.tokenizer, texts, context=pipe.context, stride=args.stride,
+                              batch_size=args.batch_size,
                               token_logprobs=args.token_logprobs and args.json, device=pipe.device)
     except ParamError as exc:
         print(f"lmforge score: error: {exc}", file=sys.stderr)

@@ -4,20 +4,27 @@ Mapping onto the engine: ``temperature: 0`` decodes greedily (OpenAI's conventio
 else samples with ``temperature``/``top_p``/``seed``; ``n`` becomes ``num_return_sequences``
 (greedy sequences are identical, so one is decoded and repeated). ``logprobs: k`` returns the
 chosen token's log-probability; ``top_logprobs`` lists only that token (the engine reports no
-alternatives). ``finish_reason`` is ``stop`` for a stop string or end-of-sequence, else ``length``.
+alternatives). ``finish_reason`` is ``length`` at ``max_tokens``, else ``stop`` (a stop string,
+end-of-sequence, or no token left to choose).
+
+Token texts are each token's piece of the text (``lm.streaming.token_pieces``), so for every
+tokenizer kind ``"".join(tokens) == text``, ``text_offset`` indexes ``text``, and a stream's
+chunks carry exactly the tokens and offsets of the non-streamed answer. ``echo`` returns the
+prompt as the model read it (the prompt itself for char and sentencepiece models, whose
+tokenization is lossless; a word model's detokenized prompt).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 
 from lm.engine import FinishEvent, TokenEvent
 from lm.generate import Completion, GenerationParams
+from lm.streaming import PieceAligner
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError
 from service.generation import (
@@ -30,6 +37,9 @@ from service.generation import (
     encode_prompts,
     events_until_done,
     now,
+    prompt_token_texts,
+    run_score,
+    score_job,
     sse,
     sse_error,
     sse_event_schema,
@@ -66,6 +76,11 @@ class Plan:
     logprobs: int | None
     echo: bool
     prompt_logprobs: list[list[float | None]] = field(default_factory=list)
+    prompt_pieces: list[list[str]] = field(default_factory=list)
+    """Each prompt's token texts (for ``echo``): they join to the echoed text."""
+
+    def echo_text(self, prompt_index: int) -> str:
+        return "".join(self.prompt_pieces[prompt_index]) if self.echo else ""
 
 
 def _prompts(body: CompletionRequest, served: ServedModel, settings: Settings) -> list[Prompt]:
@@ -115,7 +130,10 @@ def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, set
                prompt_tokens=sum(len(p.ids) for p in prompts))
     if settings.log_prompts:
         log["prompt"] = [p.text for p in prompts]
-    return Plan(served, prompts, params, n, n if greedy else 1, body.logprobs, bool(body.echo))
+    out = Plan(served, prompts, params, n, n if greedy else 1, body.logprobs, bool(body.echo))
+    if out.echo:
+        out.prompt_pieces = [prompt_token_texts(served, p.ids) for p in prompts]
+    return out
 
 
 def finish_reason(c: Completion) -> str:
@@ -132,17 +150,18 @@ def logprobs_block(tokens: list[str], lps: list[float | None], start: int, k: in
     return CompletionLogprobs(tokens=tokens, token_logprobs=lps, top_logprobs=top, text_offset=offsets)
 
 
-async def prompt_logprobs(plan: Plan) -> None:
-    """Log-probabilities of the prompt tokens, for ``echo`` with ``logprobs``.
+async def prompt_logprobs(plan: Plan, request: Request, settings: Settings, rid: str) -> None:
+    """Log-probabilities of the prompt tokens, for ``echo`` with ``logprobs``, scored on the
+    model's worker like ``/v1/perplexity`` (queue bound, timeout, cost limit, disconnects).
 
-    Every prompt token gets one (the first is conditioned on ``<eos>``, as ``lm.score`` does),
-    unlike OpenAI's null for the first token.
+    Every prompt token gets one (the first is conditioned on the model's text start, as
+    ``lm.score`` does), unlike OpenAI's null for the first token.
     """
     texts = [p.text for p in plan.prompts]
     served = plan.served
-    async with served.score_limiter:
-        scores = await anyio.to_thread.run_sync(lambda: served.pipeline.score(texts, token_logprobs=True))
-    for p, s in zip(plan.prompts, scores, strict=True):
+    job = score_job(served, texts, settings, "prompt")
+    await run_score(served, job, request, settings, rid)
+    for p, s in zip(plan.prompts, served.pipeline.score_results(texts, job, token_logprobs=True), strict=True):
         lps = [finite(x) for x in (s.token_logprobs or [])]
         lps = [None] * max(0, len(p.ids) - len(lps)) + lps[-len(p.ids):] if p.ids else []
         plan.prompt_logprobs.append(lps)
@@ -150,13 +169,13 @@ async def prompt_logprobs(plan: Plan) -> None:
 
 def choice(plan: Plan, prompt_index: int, c: Completion) -> CompletionChoice:
     prompt = plan.prompts[prompt_index]
-    text = (prompt.text if plan.echo else "") + c.text
+    text = plan.echo_text(prompt_index) + c.text
     logprobs = None
     if plan.logprobs is not None:
-        tokens = token_texts(plan.served, c.token_ids)
+        tokens = token_texts(plan.served, prompt.ids, c.token_ids, c.text)
         lps = [finite(x) for x in c.logprobs]
         if plan.echo:
-            tokens = token_texts(plan.served, prompt.ids) + tokens
+            tokens = plan.prompt_pieces[prompt_index] + tokens
             lps = plan.prompt_logprobs[prompt_index] + lps
         logprobs = logprobs_block(tokens, lps, 0, plan.logprobs)
     return CompletionChoice(text=text, index=0, logprobs=logprobs, finish_reason=finish_reason(c))  # type: ignore[arg-type]
@@ -183,9 +202,9 @@ async def completions(
 ) -> Any:
     """OpenAI-compatible text completions (streaming and not)."""
     p = plan(body, request, registry, settings)
-    if p.echo and p.logprobs is not None:
-        await prompt_logprobs(p)
     rid = request_id(request)
+    if p.echo and p.logprobs is not None:
+        await prompt_logprobs(p, request, settings, rid)
     submission = submit(p.served, p.prompts, p.params, rid, settings, stream=bool(body.stream))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -222,31 +241,57 @@ async def stream(p: Plan, submission: Any, request: Request, settings: Settings,
         first = (prompt_index * p.n) + seq * p.repeat
         return range(first, first + p.repeat)
 
-    offsets: dict[int, int] = {}
+    offsets: dict[int, int] = {}  # characters of each choice's text sent so far
+    starts: dict[int, int] = {}  # where each choice's completion begins in its text
+    aligners: dict[tuple[int, int], PieceAligner] = {}  # per decoded sequence: its token texts
+    piece_pos: dict[int, int] = {}  # where each choice's next token text begins
     completion_tokens = 0
+
+    def emit(prompt_index: int, seq: int, text: str, pieces: list[tuple[str, float]],
+             finish: str | None = None) -> Iterator[str]:
+        """A chunk with ``text`` and the tokens it completes; with ``finish``, only if it carries
+        something, then the finish chunk."""
+        for index in indexes(prompt_index, seq):
+            lp = None
+            if p.logprobs is not None:
+                pos = piece_pos.setdefault(index, starts[index])
+                lp = logprobs_block([t for t, _ in pieces], [finite(x) for _, x in pieces], pos, p.logprobs)
+                piece_pos[index] = pos + sum(len(t) for t, _ in pieces)
+            offsets[index] += len(text)
+            if finish is None or text or (pieces and lp is not None):
+                yield chunk(index, text, logprobs=lp)
+            if finish is not None:
+                yield chunk(index, "", finish=finish)
+
     try:
-        for prompt_index, prompt in enumerate(p.prompts):
+        for prompt_index in range(len(p.prompts)):
+            echoed = p.echo_text(prompt_index)
             for k in range(p.n):
                 index = prompt_index * p.n + k
-                offsets[index] = len(prompt.text) if p.echo else 0
+                offsets[index] = starts[index] = len(echoed)
                 if p.echo:
                     lp = None
                     if p.logprobs is not None:
-                        lp = logprobs_block(token_texts(p.served, prompt.ids), p.prompt_logprobs[prompt_index], 0,
+                        lp = logprobs_block(p.prompt_pieces[prompt_index], p.prompt_logprobs[prompt_index], 0,
                                             p.logprobs)
-                    yield chunk(index, prompt.text, logprobs=lp)
+                    yield chunk(index, echoed, logprobs=lp)
         async for prompt_index, event in events_until_done(submission, request, settings):
+            key = (prompt_index, event.index)
+            if key not in aligners:
+                context, _ = p.served.pipeline.context.frame(p.prompts[prompt_index].ids)
+                aligners[key] = PieceAligner(p.served.pipeline.tokenizer, context)
+            aligner = aligners[key]
+            first = indexes(*key)[0]
             if isinstance(event, TokenEvent):
-                for index in indexes(prompt_index, event.index):
-                    lp = None
-                    if p.logprobs is not None:
-                        lp = logprobs_block([event.text], [finite(event.logprob)], offsets[index], p.logprobs)
-                    offsets[index] += len(event.text)
-                    yield chunk(index, event.text, logprobs=lp)
+                released = offsets[first] - starts[first] + len(event.text)
+                pieces = aligner.push(event.token_id, event.logprob, released)
+                for line in emit(*key, event.text, pieces):
+                    yield line
             elif isinstance(event, FinishEvent):
                 completion_tokens += len(event.completion.token_ids) * p.repeat
-                for index in indexes(prompt_index, event.index):
-                    yield chunk(index, "", finish=finish_reason(event.completion))
+                pieces = aligner.finish(len(event.completion.text))
+                for line in emit(*key, event.text, pieces, finish=finish_reason(event.completion)):
+                    yield line
         if include_usage:
             prompt_tokens = sum(len(x.ids) for x in p.prompts)
             usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,

@@ -77,13 +77,13 @@ def prepare(body: GenerateRequest, request: Request, registry: ModelRegistry, se
     return served, prompts, params
 
 
-def choice(served: ServedModel, prompt_index: int, index: int, c: Completion) -> GenerateChoice:
+def choice(served: ServedModel, prompt: Prompt, prompt_index: int, index: int, c: Completion) -> GenerateChoice:
     return GenerateChoice(
         prompt_index=prompt_index,
         index=index,
         text=c.text,
         token_ids=c.token_ids,
-        tokens=token_texts(served, c.token_ids),
+        tokens=token_texts(served, prompt.ids, c.token_ids, c.text),
         logprobs=[finite(x) for x in c.logprobs],
         cumulative_logprob=finite(c.cumulative_logprob),
         finish_reason=c.finish_reason,  # type: ignore[arg-type]
@@ -101,7 +101,7 @@ async def generate(
     served, prompts, params = prepare(body, request, registry, settings)
     rid = request_id(request)
     results = await collect(submit(served, prompts, params, rid, settings, stream=False), request, settings)
-    choices = [choice(served, p, i, c) for p, row in enumerate(results) for i, c in enumerate(row)]
+    choices = [choice(served, prompts[p], p, i, c) for p, row in enumerate(results) for i, c in enumerate(row)]
     prompt_tokens = sum(len(p.ids) for p in prompts)
     completion_tokens = sum(len(c.token_ids) for c in choices)
     request.state.log["completion_tokens"] = completion_tokens
@@ -139,6 +139,9 @@ async def generate_stream(
                     yield sse({"prompt_index": prompt_index, "index": event.index, "text": event.text,
                                "token_id": event.token_id, "logprob": finite(event.logprob)}, event="token")
                 elif isinstance(event, FinishEvent):
+                    if event.text:  # held back to the end (a row with no token left to choose)
+                        yield sse({"prompt_index": prompt_index, "index": event.index, "text": event.text,
+                                   "token_id": None, "logprob": None}, event="token")
                     c = event.completion
                     completion_tokens += len(c.token_ids)
                     n = len(prompts[prompt_index].ids)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import anyio
 from fastapi import APIRouter, Request
 
-from lm.generate import ParamError
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError
-from service.generation import count_limit, now, token_limit
-from service.registry import ServedModel
+from service.generation import count_limit, now, run_score, score_job, token_limit
 from service.schemas.common import finite
 from service.schemas.perplexity import (
     PerplexityRequest,
@@ -17,19 +14,8 @@ from service.schemas.perplexity import (
     PerplexityResult,
     PerplexityUsage,
 )
-from service.settings import Settings
 
 router = APIRouter(tags=["scoring"])
-
-
-def _admit(served: ServedModel, settings: Settings) -> None:
-    """Scoring waits in its own lane (one at a time per model); bound how many may wait."""
-    if served.score_waiting >= settings.max_queue:
-        served.scheduler.metrics.rejected.labels("queue_full").inc()
-        raise APIError(
-            429, f"model {served.name!r} already holds {served.score_waiting} scoring request(s); the limit is "
-            f"{settings.max_queue} (max_queue)", code="queue_full", headers={"Retry-After": str(settings.retry_after_s)},
-        )
 
 
 @router.post("/v1/perplexity", response_model=PerplexityResponse, responses=ERROR_RESPONSES)
@@ -42,7 +28,8 @@ async def perplexity(
     """Perplexity, mean NLL, token count and bits per character of each text.
 
     Texts longer than the model's context are scored with a sliding window (``stride``).
-    Scoring runs on a worker thread so the event loop keeps serving other requests.
+    Scoring runs on the model's worker thread between decode steps, under the same queue bound,
+    timeout and cost limit (``max_score_cost``) for every request; a client that leaves stops it.
     """
     if (body.text is None) == (body.texts is None):
         raise APIError(422, "give exactly one of text or texts", param="text", code="invalid_text")
@@ -61,21 +48,9 @@ async def perplexity(
     request.state.log.update(model=served.name, texts=len(texts), prompt_tokens=sum(counts))
     if settings.log_prompts:
         request.state.log["prompt"] = texts
-    _admit(served, settings)
-    served.score_waiting += 1
-    try:
-        with anyio.fail_after(settings.request_timeout_s):
-            async with served.score_limiter:
-                scores = await anyio.to_thread.run_sync(
-                    lambda: served.pipeline.score(texts, stride=body.stride, token_logprobs=body.token_logprobs)
-                )
-    except TimeoutError:
-        raise APIError(504, f"scoring did not finish within {settings.request_timeout_s:g} s (request_timeout_s)",
-                       code="timeout") from None
-    except ParamError as exc:  # the scorer refuses an argument (a stride longer than the context)
-        raise APIError(422, str(exc), param=exc.field, code="invalid_parameter") from None
-    finally:
-        served.score_waiting -= 1
+    job = score_job(served, texts, settings, field, stride=body.stride)
+    await run_score(served, job, request, settings, request_id(request))
+    scores = served.pipeline.score_results(texts, job, token_logprobs=body.token_logprobs)
     served.scheduler.metrics.prompt_tokens.labels(served.name).inc(sum(s.tokens for s in scores))
     results = [
         PerplexityResult(

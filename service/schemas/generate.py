@@ -14,7 +14,8 @@ _D: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GenerationPa
 """Defaults come from the engine so the documented defaults can never drift from the real ones."""
 
 Strategy = Literal["greedy", "sample", "beam"]
-FinishReason = Literal["length", "stop", "eos"]
+FinishReason = Literal["length", "stop", "eos", "banned"]
+"""``banned``: no token was left to choose (``no_repeat_ngram_size`` had banned them all)."""
 StopStrings = str | list[str] | None
 
 
@@ -82,12 +83,13 @@ class GenerateResponse(BaseModel):
 
 
 class TokenData(BaseModel):
-    """``event: token``: one text delta."""
+    """``event: token``: one text delta. ``token_id`` and ``logprob`` are null only for text held
+    back to the end of a sequence that stopped with no token to carry it (``banned``)."""
 
     prompt_index: int
     index: int
     text: str
-    token_id: int
+    token_id: int | None
     logprob: float | None
 
 
