@@ -226,3 +226,56 @@ def test_each_request_ends_with_its_finish_events_then_done():
                     key = (e.request_id, e.index)
                     assert streamed.get(key, "") + e.text == e.completion.text
     assert sorted(done) == sorted(asks) and not session.active
+
+
+# -- the same property through the server's scheduler -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scheduler():  # noqa: ANN201
+    from service.metrics import Metrics
+    from service.scheduler import Scheduler
+
+    model = MODELS[("small", "transformer")]
+    s = Scheduler("small", lambda rows: DecodeSession(model, SMALL, max_batch_rows=rows), max_queue=64,
+                  max_batch_rows=32, metrics=Metrics())
+    s.start()
+    yield s
+    s.stop()
+
+
+GOOD = [("ab", GenerationParams(max_new_tokens=14, stop_at_eos=False)),
+        ("c", GenerationParams(strategy="sample", seed=9, num_return_sequences=2, max_new_tokens=14)),
+        ("ba", GenerationParams(strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=10))]
+
+
+def through(scheduler, jobs: list[tuple[str, GenerationParams]]) -> list[list[tuple]]:  # noqa: ANN001
+    """Submit every job at once (one HTTP request each) and collect their completions."""
+    import asyncio
+
+    async def one(i: int, prompt: str, p: GenerationParams) -> list[tuple]:
+        sub = scheduler.submit([(SMALL.encode(prompt), p)], f"r{i}", stream=False)
+        out: dict[int, tuple] = {}
+        async for _, event in sub.events(asyncio.get_running_loop().time() + 30):
+            if isinstance(event, FinishEvent):
+                out[event.index] = (tuple(event.completion.token_ids), event.completion.finish_reason)
+        return [out[k] for k in sorted(out)]
+
+    async def run() -> list[list[tuple]]:
+        return await asyncio.gather(*(one(i, prompt, p) for i, (prompt, p) in enumerate(jobs)))
+
+    return asyncio.run(run())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(hostile=st.lists(params(), min_size=1, max_size=3), where=st.integers(0, 3))
+def test_hostile_requests_never_change_the_others_results(scheduler, hostile, where):  # noqa: ANN001
+    alone = through(scheduler, GOOD)
+    mixed = GOOD[:where] + [("ab", p) for p in hostile] + GOOD[where:]
+    results = through(scheduler, mixed)
+    good = results[:where] + results[where + len(hostile):]
+    assert good == alone
+    for p, got in zip(hostile, results[where : where + len(hostile)], strict=True):
+        assert len(got) == p.num_return_sequences
+    assert scheduler.depth == 0
