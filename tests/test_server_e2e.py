@@ -115,26 +115,8 @@ def test_disconnect_mid_stream_cancels_generation(server: Server) -> None:
     assert wait_for_empty_queue(server, 5) < 5
 
 
-def test_disconnect_while_waiting_cancels_generation(server: Server) -> None:
-    payload = json.dumps({"prompt": "a", "max_new_tokens": 100000, "stop_at_eos": False}).encode()
-    host, port = server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as s:
-        s.sendall(
-            b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
-        )
-        deadline = time.monotonic() + 5
-        while queue_depth(server) == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert queue_depth(server) == 1
-    assert wait_for_empty_queue(server, 5) < 5
-
-
-def test_disconnect_while_scoring_stops_the_work(server: Server) -> None:
-    """A client that leaves mid-scoring frees the model: its queue slot empties within a
-    second or so, and a request after it is answered at once (not after the abandoned work)."""
-    route = "/v1/perplexity"
-    body = {"texts": ["To be, or not to be, that is the question. " * 90] * 16, "stride": 1}
+def send_and_leave(server: Server, route: str, body: dict) -> None:
+    """POST ``body`` on a raw socket, wait until the server holds the request, then hang up."""
     payload = json.dumps(body).encode()
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
@@ -146,6 +128,18 @@ def test_disconnect_while_scoring_stops_the_work(server: Server) -> None:
         while queue_depth(server) == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert queue_depth(server) == 1
+
+
+def test_disconnect_while_waiting_cancels_generation(server: Server) -> None:
+    send_and_leave(server, "/v1/generate", {"prompt": "a", "max_new_tokens": 100000, "stop_at_eos": False})
+    assert wait_for_empty_queue(server, 5) < 5
+
+
+def test_disconnect_while_scoring_stops_the_work(server: Server) -> None:
+    """A client that leaves mid-scoring frees the model: its queue slot empties within a
+    second or so, and a request after it is answered at once (not after the abandoned work)."""
+    send_and_leave(server, "/v1/perplexity",
+                   {"texts": ["To be, or not to be, that is the question. " * 90] * 16, "stride": 1})
     assert wait_for_empty_queue(server, 3) < 3
     start = time.monotonic()
     r = httpx.post(f"{server.url}/v1/perplexity", headers=AUTH, json={"text": "To be, or not to be"})
