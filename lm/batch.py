@@ -12,6 +12,7 @@ leave between any two steps (continuous batching) without the state growing.
 from __future__ import annotations
 
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +22,26 @@ from torch import Tensor, nn
 from lm.models import concat_states
 
 if TYPE_CHECKING:
-    from lm.engine import Request
+    from lm.params import GenerationParams
     from lm.streaming import TextStream
 
 PREFILL_TOKENS = 2048
 """Most tokens (rows x length) in one prefill forward: bounds the [rows, T, V] logits it makes."""
+
+
+@dataclass(eq=False)
+class Request:
+    """A request being decoded: its parameters, conditioning context and open rows. Compared
+    by identity, so strategies can key their own per-request state by it."""
+
+    id: Hashable
+    params: GenerationParams
+    prompt_tokens: int
+    context: list[int]
+    """What the model reads before generating: the text start, then the prompt."""
+    start: int = 0
+    """How many leading ``context`` ids are the text start: never penalised, banned or decoded."""
+    open_rows: int = 0
 
 
 @dataclass(eq=False)

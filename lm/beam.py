@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from lm.batch import Row, RowBatch
+from lm.batch import Request, Row, RowBatch
 from lm.params import Completion, FinishEvent
 from lm.sampling import NEG_INF, RowSampler, sanitize
 from lm.streaming import TextStream
-
-if TYPE_CHECKING:
-    from lm.engine import Request
 
 
 def rank_key(logprob_sum: float, length: int, length_penalty: float) -> float:
@@ -63,12 +59,19 @@ class BeamSearch:
         self.batch = batch
         self.tokenizer = tokenizer
         self.eos = getattr(tokenizer, "eos_id", None)
+        self.hypotheses: dict[Request, list[Hypothesis]] = {}
+        """Each running request's finished hypotheses, best first."""
 
     def admit(self, request: Request) -> None:
         """Start a request: one row runs the prompt; the first step forks it into beams."""
-        request.hypotheses = []
+        self.hypotheses[request] = []
         stream = TextStream(self.tokenizer, request.context, request.params.stop) if request.params.stop else None
         self.batch.join([Row(request, 0, list(request.context), stream=stream)])
+
+    def drop(self, request: Request) -> None:
+        """Forget a request (cancelled): its rows leave the batch, its hypotheses are dropped."""
+        self.batch.drop(request)
+        self.hypotheses.pop(request, None)
 
     def step(self) -> list[FinishEvent]:
         """Extend every beam by one token; returns the results of requests that finished."""
@@ -155,20 +158,18 @@ class BeamSearch:
             return [], []
         return children, parents
 
-    @staticmethod
-    def _add(request: Request, tokens: list[int], logprobs: list[float], reason: str) -> None:
+    def _add(self, request: Request, tokens: list[int], logprobs: list[float], reason: str) -> None:
         """Keep a finished hypothesis if it is among the ``num_beams`` best so far."""
         params = request.params
         score = rank_key(sum(logprobs), len(tokens), params.length_penalty)
-        hyps = request.hypotheses
+        hyps = self.hypotheses[request]
         hyps.append(Hypothesis(score, tokens, logprobs, reason))
         hyps.sort(key=lambda h: h.score, reverse=True)
         del hyps[params.num_beams :]
 
-    @staticmethod
-    def _is_done(request: Request, beams: list[Row], n_gen: int) -> bool:
+    def _is_done(self, request: Request, beams: list[Row], n_gen: int) -> bool:
         params = request.params
-        hyps = request.hypotheses
+        hyps = self.hypotheses[request]
         if len(hyps) < params.num_beams:
             return False
         if params.early_stopping:
@@ -178,7 +179,7 @@ class BeamSearch:
 
     def _finalize(self, request: Request, beams: list[Row]) -> list[FinishEvent]:
         n = request.params.num_return_sequences
-        hyps = request.hypotheses
+        hyps = self.hypotheses.pop(request)
         if not hyps:  # cannot happen (the beams join when they stop), but never return nothing
             hyps.append(Hypothesis(math.inf, [], [], "banned"))
         best = [hyps[i % len(hyps)] for i in range(n)]

@@ -1,8 +1,14 @@
 """``lmforge`` command line: a thin layer that parses, builds a config and calls a function.
 
-Each subcommand lives in ``lm/commands/<name>.py`` with ``register(subparsers)``; the parser it
-adds carries ``func(args) -> int``. Errors the user can fix (bad config, bad corpus, bad
-checkpoint) print one line naming the problem and exit 2, never a traceback.
+Each subcommand is a module with ``HELP`` (its one-line summary) and ``register(subparsers)``,
+which adds its parser carrying ``func(args) -> int``. The built-in ones live in
+``lm/commands/``; other packages add theirs through the ``lmforge.commands`` entry-point group
+(``service`` adds ``serve`` that way, so ``lm`` never imports the service). Only the command
+being run registers its full parser, and command modules import their heavy dependencies (torch,
+FastAPI) only when they run, so ``lmforge --help`` answers at once.
+
+Errors the user can fix (bad config, bad corpus, bad checkpoint) print one line naming the
+problem and exit 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,25 +18,42 @@ import importlib
 import logging
 import os
 import sys
+from importlib.metadata import entry_points
+from types import ModuleType
 
-COMMANDS = ("tokenizer", "train", "export", "generate", "score", "serve")
+BUILTIN_COMMANDS = ("tokenizer", "train", "export", "generate", "score")
+ENTRY_POINT_GROUP = "lmforge.commands"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_modules() -> dict[str, str]:
+    """Subcommand name -> the module that implements it (built-ins, then entry points)."""
+    modules = {name: f"lm.commands.{name}" for name in BUILTIN_COMMANDS}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        modules.setdefault(ep.name, ep.value)
+    return modules
+
+
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the command named in ``argv`` gets its full parser (all of them when
+    ``argv`` is None)."""
     parser = argparse.ArgumentParser(
         prog="lmforge",
         description="Train compact language models (char/word/subword; RNN, GRU, LSTM, Transformer) and serve them.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"lm.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"lm.commands.{name}":
-                continue
-            raise
-        module.register(sub)
+    chosen = chosen_command(argv) if argv is not None else None
+    for name, module_name in command_modules().items():
+        module: ModuleType = importlib.import_module(module_name)
+        if argv is None or name == chosen:
+            module.register(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     return parser
 
 
@@ -38,21 +61,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is enough for the user (no traceback)."""
     from lm.checkpoint import CheckpointError
     from lm.config import ConfigError
+    from lm.data import DataError
     from lm.params import ParamError
     from tokenizer import TokenizerError
 
-    errors: list[type[BaseException]] = [ConfigError, CheckpointError, TokenizerError, ParamError, FileNotFoundError]
-    try:
-        from lm.data import DataError
-
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return ConfigError, CheckpointError, TokenizerError, ParamError, DataError, FileNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 speaks
     logging.basicConfig(

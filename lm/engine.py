@@ -26,15 +26,15 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 from numbers import Integral
 
 import torch
 from torch import nn
 
-from lm.batch import Row, RowBatch
-from lm.beam import BeamSearch, Hypothesis
+from lm.batch import Request, Row, RowBatch
+from lm.beam import BeamSearch
 from lm.context import TextContext
+from lm.models import model_device
 from lm.params import (
     Completion,
     DoneEvent,
@@ -50,28 +50,6 @@ from lm.streaming import TextStream
 log = logging.getLogger(__name__)
 
 __all__ = ["DecodeSession", "DoneEvent", "Event", "FinishEvent", "TokenEvent"]
-
-
-@dataclass(eq=False)
-class Request:
-    """A request in the session: its parameters, conditioning context and open rows."""
-
-    id: Hashable
-    params: GenerationParams
-    prompt_tokens: int
-    context: list[int]
-    """What the model reads before generating: the text start, then the prompt."""
-    start: int = 0
-    """How many leading ``context`` ids are the text start: never penalised, banned or decoded."""
-    open_rows: int = 0
-    hypotheses: list[Hypothesis] = field(default_factory=list)
-    """Beam search: finished hypotheses, best first."""
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's parameters (CPU for a parameterless model)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 class DecodeSession:
@@ -138,7 +116,7 @@ class DecodeSession:
         if request in self._waiting:
             self._waiting.remove(request)
         self._sampled.drop(request)
-        self._beams.batch.drop(request)
+        self._beams.drop(request)
 
     @torch.inference_mode()
     def step(self) -> list[Event]:

@@ -47,11 +47,6 @@ def mean_nll(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tenso
     return F.cross_entropy(logits.reshape(B * T, V).float(), targets.reshape(B * T), ignore_index=ignore_index)
 
 
-def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
-    """log p(target) per position, ``[B, T]`` (the negative of ``token_nll``)."""
-    return -token_nll(logits, targets)
-
-
 def perplexity(total_nll: float, n_tokens: int) -> float:
     """exp(mean NLL per token); inf for an empty text rather than a division error."""
     if n_tokens == 0:

@@ -14,18 +14,17 @@ from torch import nn
 from lm.checkpoint import load_checkpoint, read_context, resolve_checkpoint_dir
 from lm.config import ModelConfig
 from lm.context import TextContext
-from lm.engine import DecodeSession, Event, model_device
+from lm.dtypes import torch_dtype
+from lm.engine import DecodeSession, Event
 from lm.generate import generate
 from lm.inference import prepare_for_inference
+from lm.models import model_device
 from lm.params import Completion, GenerationParams
 from lm.score import ScoreJob, ScoreResult, score_results, score_texts
 
 log = logging.getLogger(__name__)
 
 
-WEIGHT_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-"""Weight precisions by the names the CLI's ``--dtype`` and ``lmforge serve --dtype`` take
-(``None``: as stored and loaded, fp32)."""
 
 
 class Pipeline:
@@ -52,11 +51,9 @@ class Pipeline:
                         name: str | None = None, dtype: torch.dtype | str | None = None) -> Pipeline:
         """Load a checkpoint (or a run directory's best/latest one) onto ``device`` (default:
         cuda, else mps, else cpu), optionally cast to ``dtype`` (``torch.bfloat16``, or a name of
-        ``WEIGHT_DTYPES`` as the CLI and the server settings give it)."""
+        ``lm.dtypes`` as the CLI and the server settings give it; ``fp32`` loads as stored)."""
         if isinstance(dtype, str):
-            if dtype not in WEIGHT_DTYPES:
-                raise ValueError(f"dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
-            dtype = WEIGHT_DTYPES[dtype]
+            dtype = None if dtype == "fp32" else torch_dtype(dtype)
         directory = resolve_checkpoint_dir(path)
         model, tokenizer, config = load_checkpoint(directory, device=device, dtype=dtype)
         context = read_context(directory, tokenizer)

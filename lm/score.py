@@ -33,8 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from lm.context import TextContext
-from lm.engine import model_device
 from lm.losses import hidden_token_nll, perplexity, token_nll
+from lm.models import model_device
 from lm.params import ParamError
 
 RNN_CHUNK = 512

@@ -678,11 +678,17 @@ def load_run_dir_config(run_dir: str | Path, overrides: dict[str, Any] | None = 
 
 
 def write_loss_plot(run_dir: Path) -> Path | None:
-    """Plot training and validation loss from ``metrics.jsonl`` to ``loss.png``."""
+    """Plot training and validation loss from ``metrics.jsonl`` to ``loss.png`` (with the
+    ``plot`` extra, matplotlib; without it the plot is skipped and the log says so)."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        log.info("loss.png not drawn: matplotlib is not installed (pip install 'lmforge[plot]'); "
+                 "the figures are in %s", path)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -8,11 +8,12 @@ app a ``Settings`` of their own or override the dependency.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from fastapi import Request
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lm.dtypes import WeightDtype
 
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 """The repository's ``checkpoints/`` directory: what ``lmforge serve`` serves by default."""
@@ -31,7 +32,7 @@ class Settings(BaseSettings):
         None, description="serve only these model names (subdirectory names); default: all"
     )
     device: str = Field("auto", description="torch device; auto = cuda, else mps, else cpu")
-    dtype: Literal["fp32", "bf16", "fp16"] = Field(
+    dtype: WeightDtype = Field(
         "fp32", description="weights precision; on CPUs with native bf16, bf16 decodes larger models faster "
         "(6x6x384: 1.2-1.6x at batch 1) and small ones slower (bench/decode.py), at a small perplexity cost"
     )

@@ -421,8 +421,8 @@ def test_save_load_identity(
     assert (saved[name] / "tokenizer.model").is_file() == (name in ("bpe", "unigram"))
 
 
-def test_load_through_base_and_subclass(saved: dict[str, Path]) -> None:
-    assert isinstance(Tokenizer.load(saved["word"]), WordTokenizer)
+def test_load_through_registry_and_subclass(saved: dict[str, Path]) -> None:
+    assert isinstance(load_tokenizer(saved["word"]), WordTokenizer)
     assert isinstance(CharTokenizer.load(saved["char"]), CharTokenizer)
     with pytest.raises(TokenizerError, match="kind is 'word', expected 'char'"):
         CharTokenizer.load(saved["word"])

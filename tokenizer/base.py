@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,16 +61,10 @@ class Tokenizer(ABC):
         """Write the tokenizer's files (always including ``tokenizer.json``) into ``directory``."""
 
     @classmethod
+    @abstractmethod
     def load(cls, directory: PathLike) -> Tokenizer:
-        """Read a tokenizer back from ``directory``: on a subclass, that kind (anything else
-        is an error); on ``Tokenizer`` itself, whatever kind was saved there."""
-        from tokenizer.registry import load_tokenizer  # the registry imports every kind
-
-        return load_tokenizer(directory)
-
-    def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
-        """``encode`` for each text; a convenience for callers holding many short strings."""
-        return [self.encode(text) for text in texts]
+        """Read a tokenizer of this kind back from ``directory`` (another kind is an error).
+        ``tokenizer.load_tokenizer`` loads whatever kind a directory holds."""
 
     def encode_file(
         self, path: PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES

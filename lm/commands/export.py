@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-import torch
+from lm.dtypes import WEIGHT_DTYPES, torch_dtype
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+HELP = "write a weights-only checkpoint (e.g. for shipping) from a run or checkpoint directory"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="write a weights-only checkpoint (e.g. for shipping) from a run or checkpoint directory",
+        help=HELP,
         description="Export the best (or given) checkpoint of a run without trainer state, optionally in bf16.",
     )
     p.add_argument("source", help="run directory (its best/ is used) or checkpoint directory")
     p.add_argument("dest", help="destination checkpoint directory (replaced atomically)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weight precision on disk")
+    p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp32", help="weight precision on disk")
     p.set_defaults(func=run)
 
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     training = dict(meta.get("training") or {})
     training["exported_from"] = str(src)
     training["weights_dtype"] = args.dtype
-    out = save_checkpoint(args.dest, model, tok, training=training, dtype=DTYPES[args.dtype],
+    out = save_checkpoint(args.dest, model, tok, training=training, dtype=torch_dtype(args.dtype),
                           context=read_context(src, tok))
     print(f"exported {src} -> {out} ({args.dtype})")
     return 0

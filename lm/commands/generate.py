@@ -7,15 +7,16 @@ import dataclasses
 import json
 import sys
 
+from lm.dtypes import WEIGHT_DTYPES
 from lm.params import STRATEGIES, GenerationParams
 
-DTYPES = ("fp32", "bf16", "fp16")
+HELP = "continue a prompt with a trained model"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = GenerationParams()  # the defaults, quoted in the help (unset options keep them)
     p = sub.add_parser(
-        "generate", help="continue a prompt with a trained model",
+        "generate", help=HELP,
         description="Continue each --prompt with greedy decoding, sampling or beam search. Prints the "
                     "prompt followed by its continuation (--json: everything, for machines).")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (or a run directory: its best/latest)")
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--stream", action="store_true", help="print text as it is generated")
     o.add_argument("--json", action="store_true", help="print JSON (with --stream: one JSON line per event)")
     o.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    o.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights precision (default fp32)")
+    o.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp32", help="weights precision (default fp32)")
     p.set_defaults(func=run)
 
 

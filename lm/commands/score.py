@@ -13,12 +13,14 @@ import math
 import sys
 from pathlib import Path
 
-from lm.commands.generate import DTYPES
+from lm.dtypes import WEIGHT_DTYPES
+
+HELP = "perplexity of text files"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "score", help="perplexity of text files",
+        "score", help=HELP,
         description="Score text files: tokens, total and mean NLL, perplexity, bits per character.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (or a run directory: its best/latest)")
     p.add_argument("--input", required=True, nargs="+", metavar="FILE", help="UTF-8 text files ('-': standard input)")
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token-logprobs", action="store_true", help="with --json: include per-token log-probabilities")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights precision (default fp32)")
+    p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp32", help="weights precision (default fp32)")
     p.set_defaults(func=run)
 
 

@@ -8,9 +8,11 @@ import sys
 
 KINDS = ("char", "word", "bpe", "unigram")
 
+HELP = "train and inspect tokenizers"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tokenizer", help="train and inspect tokenizers",
+    p = sub.add_parser("tokenizer", help=HELP,
                        description="Train a tokenizer (char, word, bpe, unigram) or encode/decode with one.")
     tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
 

@@ -9,11 +9,13 @@ import sys
 
 from lm.config import ConfigError, apply_overrides, load_run_config
 
+HELP = "train a language model from a TOML config"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a language model from a TOML config",
+        help=HELP,
         description="Train a model. Tables [data], [tokenizer], [model], [train]; see configs/ for examples.",
     )
     p.add_argument("--config", help="TOML run config (e.g. configs/shakespeare-char.toml)")

@@ -1,5 +1,8 @@
 """``lmforge serve``: run the HTTP service (``service.app``) with uvicorn.
 
+It reaches the ``lmforge`` CLI through the ``lmforge.commands`` entry-point group
+(``pyproject.toml``), so ``lm`` never imports ``service``.
+
 Every setting of ``service.settings.Settings`` is a flag (``--max-new-tokens 256``) and an
 environment variable (``LMFORGE_MAX_NEW_TOKENS=256``); flags win. The API key is the exception:
 it is read from ``LMFORGE_API_KEY`` only, because command lines are visible to every user of the
@@ -18,6 +21,8 @@ log = logging.getLogger(__name__)
 
 SECRET_SETTINGS = frozenset({"api_key"})
 
+HELP = "serve checkpoints over HTTP (generation, streaming, perplexity, OpenAI completions)"
+
 
 def _flag_kind(annotation: Any) -> str:
     """``bool``, ``list`` or ``scalar`` for a settings field's annotation."""
@@ -35,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "serve",
-        help="serve checkpoints over HTTP (generation, streaming, perplexity, OpenAI completions)",
+        help=HELP,
         description="Serve every checkpoint under --checkpoints over HTTP. Each flag also reads "
         "LMFORGE_<NAME> from the environment; the API key only from LMFORGE_API_KEY.",
     )
