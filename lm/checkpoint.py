@@ -27,6 +27,7 @@ from lm.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
 from lm.context import ContextError, TextContext, trained_length
 from lm.models import build_model
 from tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from tokenizer.io import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,36 +43,12 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, corrupt or inconsistent; the message says which part."""
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     for p in path.iterdir():
         if p.is_file():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
-    _fsync_dir(path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path)
 
 
 def save_checkpoint(
@@ -133,7 +110,7 @@ def save_checkpoint(
                 shutil.rmtree(old)
             os.replace(target, old)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

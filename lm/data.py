@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from torch import Tensor
 
 from lm.config import DataConfig
 from tokenizer import Tokenizer
-from tokenizer.io import iter_text_chunks
+from tokenizer.io import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -123,21 +122,17 @@ def tokenize_to_file(files: list[Path], tokenizer: Tokenizer, tokenizer_dir: Pat
         if meta.get("dtype") == dtype.name and path.stat().st_size == meta["tokens"] * dtype.itemsize:
             log.info("reusing token file %s (%d tokens)", path, meta["tokens"])
             return np.memmap(path, dtype=dtype, mode="r")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n = 0
-    with open(tmp, "wb") as out:
+    with atomic_writer(path) as out:
         for f in files:
             if start:
                 out.write(np.asarray(start, dtype=dtype).tobytes())
                 n += len(start)
-            for chunk in iter_text_chunks(f):
-                ids = np.asarray(tokenizer.encode(chunk), dtype=dtype)
-                out.write(ids.tobytes())
+            for ids in tokenizer.encode_file(f):
+                out.write(np.asarray(ids, dtype=dtype).tobytes())
                 n += len(ids)
-    if n == len(start) * len(files):
-        tmp.unlink()
-        raise DataError(f"{', '.join(map(str, files))}: the corpus is empty (no tokens)")
-    os.replace(tmp, path)
+        if n == len(start) * len(files):  # the block fails: no cache file is written
+            raise DataError(f"{', '.join(map(str, files))}: the corpus is empty (no tokens)")
     meta_path.write_text(json.dumps({"tokens": n, "dtype": dtype.name, "files": [str(f) for f in files]}))
     log.info("tokenized %s -> %s (%d tokens)", ", ".join(map(str, files)), path, n)
     return np.memmap(path, dtype=dtype, mode="r")

@@ -37,7 +37,6 @@ from lm.checkpoint import (
     load_trainer_state,
     resolve_device,
     save_checkpoint,
-    write_text_atomic,
 )
 from lm.config import RunConfig, TrainConfig, run_config_from_dict, to_dict
 from lm.context import TextContext, trained_length
@@ -55,6 +54,7 @@ from lm.losses import mean_nll, token_nll
 from lm.models import RNNLM, RNNState, build_model
 from lm.optim import build_optimizer, scheduled_lr
 from tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from tokenizer.io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +422,7 @@ class Trainer:
         try:
             path = save_checkpoint(self.run_dir / name, self.model, self.tokenizer, training=self._training_meta(),
                                    trainer_state=trainer_state, state_dict=weights, context=self.context)
-            write_text_atomic(self.run_dir / LATEST_FILE, name + "\n")
+            write_atomic(self.run_dir / LATEST_FILE, name + "\n")
         except OSError as exc:
             previous = (self.run_dir / LATEST_FILE).read_text().strip() if (self.run_dir / LATEST_FILE).is_file() else None
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"

@@ -8,15 +8,13 @@ which kind of tokenizer they were given.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from tokenizer.errors import TokenizerError
-from tokenizer.io import DEFAULT_CHUNK_BYTES, PathLike, iter_text_chunks
+from tokenizer.io import DEFAULT_CHUNK_BYTES, PathLike, iter_text_chunks, write_atomic
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_PIECES: tuple[str, ...] = ("<pad>", "<unk>", "<bos>", "<eos>")
@@ -95,22 +93,6 @@ def check_ids(ids: Sequence[int], vocab_size: int) -> None:
         raise TokenizerError(
             f"token id {int(bad)} is out of range for vocabulary size {vocab_size}"
         )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling and rename, so a crash never leaves
-    a half-written tokenizer file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_meta(directory: PathLike, kind: str, vocab_size: int, **fields: Any) -> None:

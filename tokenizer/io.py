@@ -8,10 +8,12 @@ corpus larger than memory works, and so every kind reports bad input the same wa
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from tokenizer.errors import TokenizerError
 
@@ -103,3 +105,49 @@ def check_inputs(inputs: Sequence[PathLike] | PathLike) -> list[Path]:
 def empty_corpus_error(path: PathLike, what: str) -> TokenizerError:
     """The error for an input that has bytes but nothing a tokenizer can learn from."""
     return TokenizerError(f"{path}: empty corpus (no {what} to train on)")
+
+
+@contextlib.contextmanager
+def atomic_writer(path: PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """A file handle whose contents replace ``path`` only when the block completes: written to
+    a temporary sibling (``.<name>.tmp-*``, which crash recovery knows), fsynced, renamed over
+    ``path``, and the directory fsynced. Readers see the old file or the new one, never half of
+    one; an exception in the block removes the temporary and leaves ``path`` as it was. The one
+    atomic writer for tokenizer files, checkpoints, pointers and token caches."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: PathLike, data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` atomically (see ``atomic_writer``); text is UTF-8."""
+    if isinstance(data, str):
+        with atomic_writer(path, "w", encoding="utf-8") as handle:
+            handle.write(data)
+    else:
+        with atomic_writer(path, "wb") as handle:
+            handle.write(data)
+
+
+def fsync_dir(directory: PathLike) -> None:
+    """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
