@@ -192,3 +192,40 @@ def test_early_stopping_and_plateau(small_corpus: Path, tmp_path: Path) -> None:
     assert result.steps == 6  # best at the first evaluation, then two without improvement
     assert t.evals_since_best == 2
     assert t.plateau_scale <= 0.01 + 1e-12
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"train": {"lr": "0.1"}}, "train.lr must be a number, got '0.1'"),
+    ({"train": {"max_steps": "2"}}, "train.max_steps must be an integer, got '2'"),
+    ({"train": {"compile": 1}}, "train.compile must be true or false, got 1"),
+    ({"tokenizer": {"kind": 3}}, "tokenizer.kind must be a string, got 3"),
+    ({"data": {"train": [1]}}, "data.train must be a string, got 1"),
+    ({"model": {"family": "rnn", "n_layer": "2"}}, "model.n_layer must be an integer, got '2'"),
+])
+def test_config_types_are_strict(table: dict, message: str) -> None:
+    """A TOML value of the wrong type is an error naming the key and the type, never coerced."""
+    with pytest.raises(ConfigError) as info:
+        run_config_from_dict(table)
+    assert str(info.value) == message
+
+
+def test_config_keeps_numbers_lists_and_dataclass_checks() -> None:
+    cfg = run_config_from_dict({"train": {"lr": 1, "max_time": 5}, "data": {"train": "a.txt"}})
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.data.train == ("a.txt",)
+    with pytest.raises(ConfigError, match=r"^train.lr must be > 0, got -1.0$"):
+        run_config_from_dict({"train": {"lr": -1.0}})
+
+
+def test_loss_plot_skipped_without_matplotlib(tmp_path, monkeypatch, caplog) -> None:
+    """matplotlib is an extra: without it the run still ends, and the log says why no plot."""
+    import sys
+
+    from lm.train import write_loss_plot
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with caplog.at_level("INFO"):
+        assert write_loss_plot(tmp_path) is None
+    assert "matplotlib is not installed" in caplog.text
+    assert not (tmp_path / "loss.png").exists()

@@ -1,34 +1,34 @@
-"""Model families behind one interface: ``logits, state = model(tokens, state=None)``."""
+"""Model families behind one interface: ``logits, state = model(tokens, state=None)``.
+
+Each architecture lives here with its own config (``lm.models.config``). Names are imported on
+first use, so reading a config (``lm.models.config``) does not import torch.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from lm.config import ModelConfig, RNNConfig, TransformerConfig
-from lm.models.rnn import RNNLM
-from lm.models.state import DecodeState, KVCache, RNNState
-from lm.models.transformer import TransformerLM
+if TYPE_CHECKING:
+    from lm.models.config import ModelConfig, RNNConfig, TransformerConfig
+    from lm.models.factory import build_model, concat_states, model_device
+    from lm.models.rnn import RNNLM
+    from lm.models.state import DecodeState, KVCache, RNNState
+    from lm.models.transformer import TransformerLM
 
+_HOMES = {
+    "ModelConfig": "config", "RNNConfig": "config", "TransformerConfig": "config",
+    "build_model": "factory", "concat_states": "factory", "model_device": "factory",
+    "RNNLM": "rnn", "TransformerLM": "transformer",
+    "DecodeState": "state", "KVCache": "state", "RNNState": "state",
+}
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """The model for a config: ``RNNLM`` or ``TransformerLM``."""
-    if isinstance(config, RNNConfig):
-        return RNNLM(config)
-    if isinstance(config, TransformerConfig):
-        return TransformerLM(config)
-    raise TypeError(f"not a model config: {config!r}")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's parameters (CPU for a parameterless model)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+__all__ = ["RNNLM", "DecodeState", "KVCache", "ModelConfig", "RNNConfig", "RNNState", "TransformerConfig",
+           "TransformerLM", "build_model", "concat_states", "model_device"]
 
 
-def concat_states(states: list[DecodeState]) -> DecodeState:
-    """Join per-prompt states along the batch (whatever their family)."""
-    return type(states[0]).concat(states)  # type: ignore[arg-type]
-
-
-__all__ = ["build_model", "concat_states", "model_device", "RNNLM", "TransformerLM", "RNNState", "KVCache", "DecodeState"]
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'lm.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lm.models.{home}"), name)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lm.config import RNNConfig
+from lm.models.config import RNNConfig
 from lm.models.state import RNNState
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm.config import TransformerConfig
+from lm.models.config import TransformerConfig
 from lm.models.state import KVCache
 
 

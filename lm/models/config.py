@@ -1,0 +1,172 @@
+"""Model configurations: frozen dataclasses, checked where they are written, parsed through
+pydantic from TOML/JSON tables.
+
+The architectures (``lm.models.rnn``, ``lm.models.transformer``) take these; the run config
+(``lm.config``) and checkpoints build them with ``model_config_from_dict``. ``parse_table`` is
+the one parser for every config table: unknown keys are listed with the valid ones, a wrong type
+names the key and the type it needs, and a value the dataclass rejects keeps its own message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pydantic
+
+RNN_CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it and what is allowed."""
+
+
+def check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RNNConfig:
+    """A recurrent LM: embedding -> stacked RNN/GRU/LSTM -> (projection) -> vocabulary."""
+
+    family: Literal["rnn"] = "rnn"
+    vocab_size: int
+    cell: str = "lstm"
+    n_embd: int = 200
+    n_hidden: int = 200
+    n_layer: int = 2
+    dropout: float = 0.2
+    """Dropout between recurrent layers and on the output (Zaremba et al. 2014)."""
+    emb_dropout: float = 0.1
+    tie_weights: bool = True
+    """Share the embedding and output matrices (Press & Wolf 2017; Inan et al. 2017)."""
+
+    def __post_init__(self) -> None:
+        check(self.family == "rnn", f"model.family must be 'rnn' for RNNConfig, got {self.family!r}")
+        check(self.cell in RNN_CELLS, f"model.cell must be one of {RNN_CELLS}, got {self.cell!r}")
+        check(self.vocab_size >= 1, f"model.vocab_size must be >= 1, got {self.vocab_size}")
+        for name in ("n_embd", "n_hidden", "n_layer"):
+            check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("dropout", "emb_dropout"):
+            v = getattr(self, name)
+            check(0.0 <= v < 1.0, f"model.{name} must be in [0, 1), got {v}")
+
+    @property
+    def max_context(self) -> int | None:
+        """Recurrent models have no context limit."""
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+    """A pre-LayerNorm causal decoder (GPT-2 style) with RoPE or learned positions."""
+
+    family: Literal["transformer"] = "transformer"
+    vocab_size: int
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    bias: bool = False
+    pos_emb: str = "rope"
+    rope_base: float = 10000.0
+    tie_weights: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.family == "transformer", f"model.family must be 'transformer', got {self.family!r}")
+        check(self.vocab_size >= 1, f"model.vocab_size must be >= 1, got {self.vocab_size}")
+        for name in ("block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
+            check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        check(
+            self.n_embd % self.n_head == 0,
+            f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",
+        )
+        check(
+            self.pos_emb in ("rope", "learned"),
+            f"model.pos_emb must be 'rope' or 'learned', got {self.pos_emb!r}",
+        )
+        if self.pos_emb == "rope":
+            check((self.n_embd // self.n_head) % 2 == 0, "RoPE needs an even head dimension")
+        check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def max_context(self) -> int | None:
+        return self.block_size
+
+
+ModelConfig = RNNConfig | TransformerConfig
+MODEL_CONFIGS: dict[str, type[RNNConfig] | type[TransformerConfig]] = {
+    "rnn": RNNConfig,
+    "transformer": TransformerConfig,
+}
+
+
+
+_KINDS = {"int_type": "an integer", "int_parsing": "an integer", "float_type": "a number",
+          "float_parsing": "a number", "bool_type": "true or false", "bool_parsing": "true or false",
+          "string_type": "a string", "tuple_type": "a list of strings", "list_type": "a list of strings"}
+
+
+@functools.cache
+def _adapter(cls: type) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(cls)
+
+
+@functools.cache
+def _tuple_fields(cls: type) -> frozenset[str]:
+    hints = typing.get_type_hints(cls)
+    return frozenset(k for k, v in hints.items() if typing.get_origin(v) is tuple)
+
+
+def parse_table(cls: type, data: Any, prefix: str) -> Any:
+    """Build the frozen dataclass ``cls`` from a TOML/JSON table named ``[prefix]``.
+
+    Types are strict (``lr = "0.1"`` is an error, not a float); a list of strings may also be
+    given as one string. Validation runs in pydantic's JSON mode, where TOML's lists fill
+    tuples and integers fill floats, as in the file."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{prefix}] must be a table, got {data!r}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + '.' + k for k in unknown)}; "
+            f"valid keys in [{prefix}]: {', '.join(valid)}"
+        )
+    data = {k: [v] if k in _tuple_fields(cls) and isinstance(v, str) else v for k, v in data.items()}
+    try:
+        return _adapter(cls).validate_json(json.dumps(data, default=str), strict=True)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] == "value_error" and isinstance(error.get("ctx", {}).get("error"), ConfigError):
+            raise error["ctx"]["error"] from None  # the dataclass's own check, message as written
+        key = f"{prefix}.{error['loc'][0]}" if error["loc"] else f"[{prefix}]"
+        if error["type"] == "missing":
+            raise ConfigError(f"{key} is required") from None
+        if error["type"] == "literal_error":
+            raise ConfigError(f"{key} must be {error['ctx']['expected']}, got {error['input']!r}") from None
+        kind = _KINDS.get(error["type"])
+        if kind is None:
+            raise ConfigError(f"{key}: {error['msg']}, got {error['input']!r}") from None
+        raise ConfigError(f"{key} must be {kind}, got {error['input']!r}") from None
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """The model config for ``data['family']`` (``rnn`` or ``transformer``)."""
+    family = data.get("family", "transformer")
+    if family not in MODEL_CONFIGS:
+        raise ConfigError(f"model.family must be one of {sorted(MODEL_CONFIGS)}, got {family!r}")
+    return parse_table(MODEL_CONFIGS[family], {**data, "family": family}, "model")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    out = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
