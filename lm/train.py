@@ -38,7 +38,7 @@ from lm.checkpoint import (
     resolve_device,
     save_checkpoint,
 )
-from lm.config import RunConfig, TrainConfig, run_config_from_dict, to_dict
+from lm.config import RunConfig, TrainConfig
 from lm.context import TextContext, trained_length
 from lm.data import RandomBatches, SequentialBatches, eval_batches, resolve_corpus, tokenize_to_file
 from lm.distributed import (
@@ -50,21 +50,26 @@ from lm.distributed import (
     load_full_optimizer_state,
     shard_transformer,
 )
+from lm.errors import TrainingError
 from lm.losses import mean_nll, token_nll
 from lm.models import RNNLM, RNNState, build_model
 from lm.optim import build_optimizer, scheduled_lr
+from lm.precision import autocast_context, resolve_precision
+from lm.rundir import (
+    METRICS_FILE,
+    RUN_CONFIG_FILE,
+    check_tokenizer_unchanged,
+    load_run_dir_config,
+    recover_run_dir,
+    run_to_dict,
+    write_loss_plot,
+)
 from tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from tokenizer.io import write_atomic
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG_FILE = "run_config.json"
-METRICS_FILE = "metrics.jsonl"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the message names the step."""
-
+__all__ = ["Trainer", "TrainResult", "TrainingError", "load_run_dir_config", "train", "write_loss_plot"]
 
 @dataclass
 class TrainResult:
@@ -78,26 +83,6 @@ class TrainResult:
     skipped_steps: int = 0
     interrupted: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 where the hardware has fast bf16 (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
-    if precision != "auto":
-        if precision == "fp16" and device.type != "cuda":
-            raise TrainingError("train.precision fp16 needs CUDA; use bf16 or fp32 on this device")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bf16"
-    return "fp32"
-
-
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class _StopFlag:
@@ -168,7 +153,7 @@ class Trainer:
             recover_run_dir(self.run_dir)
             if not resume:
                 check_tokenizer_unchanged(self.run_dir, run)
-            (self.run_dir / RUN_CONFIG_FILE).write_text(json.dumps(_run_to_dict(run), indent=2) + "\n")
+            (self.run_dir / RUN_CONFIG_FILE).write_text(json.dumps(run_to_dict(run), indent=2) + "\n")
         self._barrier()
 
         files = resolve_corpus(run.data)
@@ -366,7 +351,7 @@ class Trainer:
             "best_val_loss": self.best_val,
             "val_loss": self.last_val,
             "precision": self.precision,
-            "run": _run_to_dict(self.run),
+            "run": run_to_dict(self.run),
         }
 
     def _gathered_rnn_state(self) -> dict[str, torch.Tensor] | None:
@@ -622,99 +607,6 @@ class Trainer:
                 "best_val_loss": round(self.best_val, 5), "eval_s": round(time.perf_counter() - t0, 2)})
         log.info("step %d: val loss %.4f (ppl %.2f)%s", self.step, val, math.exp(min(val, 50)), " *" if improved else "")
         return bool(self.cfg.patience and self.evals_since_best >= self.cfg.patience)
-
-
-def recover_run_dir(run_dir: Path) -> None:
-    """Tidy what a crash can leave behind: half-written temporaries and a ``best/`` mid-replace."""
-    for tmp in run_dir.glob(".*.tmp-*"):
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-    for old in sorted(run_dir.glob(".*.old-*")):
-        target = run_dir / old.name[1:].split(".old-")[0]
-        if not target.exists():
-            old.rename(target)  # the crash came between the two renames: restore the old copy
-            log.warning("restored %s from an interrupted replace", target)
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def check_tokenizer_unchanged(run_dir: Path, run: RunConfig) -> None:
-    """A fresh run into a directory that already holds a tokenizer reuses it only when the
-    ``[tokenizer]`` table is the one it was made from; anything else would train on ids that
-    mean something else than the config says."""
-    if not (run_dir / "tokenizer" / "tokenizer.json").is_file():
-        return
-    how = (f"use another train.out_dir, delete {run_dir / 'tokenizer'} to train a new one, "
-           f"or continue the old run with --resume {run_dir}")
-    path = run_dir / RUN_CONFIG_FILE
-    try:
-        old = json.loads(path.read_text()).get("tokenizer")
-    except (OSError, ValueError, AttributeError):
-        raise TrainingError(f"{run_dir} holds a tokenizer but no readable {RUN_CONFIG_FILE} saying what it was "
-                            f"trained with; {how}") from None
-    new = to_dict(run.tokenizer)
-    if old != new:
-        keys = sorted(k for k in set(old or {}) | set(new) if (old or {}).get(k) != new.get(k))
-        raise TrainingError(f"{run_dir} holds a tokenizer made with a different [tokenizer] table "
-                            f"(differs in {', '.join('tokenizer.' + k for k in keys)}); {how}")
-
-
-def _run_to_dict(run: RunConfig) -> dict[str, Any]:
-    return {"data": to_dict(run.data), "tokenizer": to_dict(run.tokenizer), "model": dict(run.model),
-            "train": to_dict(run.train)}
-
-
-def load_run_dir_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """The configuration a run directory was started with (for ``--resume``)."""
-    path = Path(run_dir) / RUN_CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir}: not a run directory (no {RUN_CONFIG_FILE})")
-    data = json.loads(path.read_text())
-    for table, values in (overrides or {}).items():
-        data.setdefault(table, {}).update(values)
-    return run_config_from_dict(data)
-
-
-def write_loss_plot(run_dir: Path) -> Path | None:
-    """Plot training and validation loss from ``metrics.jsonl`` to ``loss.png`` (with the
-    ``plot`` extra, matplotlib; without it the plot is skipped and the log says so)."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        import matplotlib
-    except ImportError:
-        log.info("loss.png not drawn: matplotlib is not installed (pip install 'lmforge[plot]'); "
-                 "the figures are in %s", path)
-        return None
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train, val = [], []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            train.append((rec["step"], rec["loss"]))
-        if "val_loss" in rec:
-            val.append((rec["step"], rec["val_loss"]))
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train", linewidth=1)
-    if val:
-        ax.plot(*zip(*val, strict=True), label="validation", marker="o", markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(run_dir.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = run_dir / "loss.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
 
 
 def train(run: RunConfig, *, resume: bool = False) -> TrainResult:
