@@ -94,3 +94,14 @@ def test_help_imports_no_heavy_module() -> None:
             "print(sorted(m for m in ('torch', 'fastapi', 'pydantic_settings', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_public_surfaces_resolve() -> None:
+    """Every name ``lm`` and ``lm.models`` promise in ``__all__`` is importable from them."""
+    import lm
+    import lm.models
+
+    for package in (lm, lm.models):
+        missing = [n for n in package.__all__ if getattr(package, n, None) is None]
+        assert not missing, f"{package.__name__} promises {missing}"
+    assert lm.Pipeline.__module__ == "lm.pipeline" and lm.models.build_model.__module__ == "lm.models.factory"
