@@ -64,6 +64,7 @@ from lm.rundir import (
     run_to_dict,
     write_loss_plot,
 )
+from lm.trainstate import TrainProgress
 from tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from tokenizer.io import write_atomic
 
@@ -220,19 +221,15 @@ class Trainer:
         if self.cfg.compile:
             self.train_model = torch.compile(self.train_model)
 
-        self.step = 0
-        self.elapsed = 0.0
-        self.tokens_seen = 0
-        self.best_val = math.inf
-        self.last_val = math.inf
-        self.evals_since_best = 0
-        self.plateau_scale = 1.0
-        self.decay_start: float | None = None
-        """Run progress when warm-up ended: decay schedules run from there (peak) to the end."""
-        self.skipped = 0
+        self.progress = TrainProgress()
         self.rnn_state: RNNState | None = None
         if resume:
             self._load_resume_state()
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (``progress.step``)."""
+        return self.progress.step
 
     # ----------------------------------------------------------------------------- helpers
     def _barrier(self) -> None:
@@ -254,25 +251,25 @@ class Trainer:
         return autocast_context(self.precision, self.device)
 
     def _progress(self) -> float:
-        p = self.step / self.cfg.max_steps
+        p = self.progress.step / self.cfg.max_steps
         if self.cfg.max_time:
-            p = max(p, self.elapsed / self.cfg.max_time)
+            p = max(p, self.progress.elapsed / self.cfg.max_time)
         return p
 
     def _finished(self) -> bool:
-        return self.step >= self.cfg.max_steps or bool(self.cfg.max_time and self.elapsed >= self.cfg.max_time)
+        return self.progress.step >= self.cfg.max_steps or bool(self.cfg.max_time and self.progress.elapsed >= self.cfg.max_time)
 
     # ----------------------------------------------------------------------------- one step
     def train_step(self) -> float | None:
         """One optimizer step over the global batch; returns the mean loss (None if skipped)."""
         cfg = self.cfg
-        if self.decay_start is None and self.step >= cfg.warmup_steps:
-            self.decay_start = self._progress()
-        lr = scheduled_lr(cfg, self.step, self._progress(), self.plateau_scale, self.decay_start or 0.0)
+        if self.progress.decay_start is None and self.progress.step >= cfg.warmup_steps:
+            self.progress.decay_start = self._progress()
+        lr = scheduled_lr(cfg, self.progress.step, self._progress(), self.progress.plateau_scale, self.progress.decay_start or 0.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.train_model.train()
-        x, y, reset = self.batches.batch(self.step)
+        x, y, reset = self.batches.batch(self.progress.step)
         if reset or not self.sequential:
             self.rnn_state = None
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -308,20 +305,20 @@ class Trainer:
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
             if cfg.on_nan == "stop":
                 raise TrainingError(
-                    f"non-finite {what} at step {self.step + 1} (loss={loss_value}); stopped without saving. "
+                    f"non-finite {what} at step {self.progress.step + 1} (loss={loss_value}); stopped without saving. "
                     "Lower train.lr, raise train.grad_clip, or set train.on_nan='skip'"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            self.skipped += 1
+            self.progress.skipped += 1
             self.rnn_state = None
-            self.step += 1
-            log.warning("skipped step %d: non-finite %s (%d skipped so far)", self.step, what, self.skipped)
+            self.progress.step += 1
+            log.warning("skipped step %d: non-finite %s (%d skipped so far)", self.progress.step, what, self.progress.skipped)
             return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.tokens_seen += cfg.batch_size * x.shape[1]
+        self.progress.step += 1
+        self.progress.tokens_seen += cfg.batch_size * x.shape[1]
         self.last_lr = lr
         return loss_value
 
@@ -345,11 +342,11 @@ class Trainer:
     # ----------------------------------------------------------------------------- checkpoints
     def _training_meta(self) -> dict[str, Any]:
         return {
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "elapsed_s": round(self.elapsed, 2),
-            "best_val_loss": self.best_val,
-            "val_loss": self.last_val,
+            "step": self.progress.step,
+            "tokens_seen": self.progress.tokens_seen,
+            "elapsed_s": round(self.progress.elapsed, 2),
+            "best_val_loss": self.progress.best_val,
+            "val_loss": self.progress.last_val,
             "precision": self.precision,
             "run": run_to_dict(self.run),
         }
@@ -385,15 +382,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         trainer_state: dict[str, Any] = {
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "elapsed": self.elapsed,
-            "best_val": self.best_val,
-            "last_val": self.last_val,
-            "evals_since_best": self.evals_since_best,
-            "plateau_scale": self.plateau_scale,
-            "decay_start": -1.0 if self.decay_start is None else self.decay_start,
-            "skipped": self.skipped,
+            **self.progress.to_state(),
             "world_size": self.dist.world_size,
             "optimizer": optimizer_state,
             "scaler": self.scaler.state_dict(),
@@ -403,7 +392,7 @@ class Trainer:
             trainer_state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if rnn is not None:
             trainer_state["rnn_state"] = rnn
-        name = f"step-{self.step:08d}"
+        name = f"step-{self.progress.step:08d}"
         try:
             path = save_checkpoint(self.run_dir / name, self.model, self.tokenizer, training=self._training_meta(),
                                    trainer_state=trainer_state, state_dict=weights, context=self.context)
@@ -412,7 +401,7 @@ class Trainer:
             previous = (self.run_dir / LATEST_FILE).read_text().strip() if (self.run_dir / LATEST_FILE).is_file() else None
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
             raise TrainingError(
-                f"could not save the checkpoint for step {self.step} to {self.run_dir / name}: "
+                f"could not save the checkpoint for step {self.progress.step} to {self.run_dir / name}: "
                 f"{exc.strerror or exc}; {kept}"
             ) from None
         for old in self.run_dir.glob("step-*"):
@@ -443,25 +432,15 @@ class Trainer:
         torch.set_rng_state(st["rng_torch"])
         if "rng_cuda" in st and self.device.type == "cuda":
             torch.cuda.set_rng_state(st["rng_cuda"], self.device)
-        self.step = int(st["step"])
-        self.tokens_seen = int(st["tokens_seen"])
-        self.elapsed = float(st["elapsed"])
-        self.best_val = float(st["best_val"])
-        self.last_val = float(st["last_val"])
-        self.evals_since_best = int(st["evals_since_best"])
-        self.plateau_scale = float(st["plateau_scale"])
-        if "decay_start" in st:
-            self.decay_start = None if float(st["decay_start"]) < 0 else float(st["decay_start"])
-        elif self.step >= self.cfg.warmup_steps:  # written before warm-up was accounted for
-            self.decay_start = min(1.0, self.cfg.warmup_steps / self.cfg.max_steps)
-        self.skipped = int(st["skipped"])
+        self.progress = TrainProgress.from_state(st, warmup_steps=self.cfg.warmup_steps,
+                                                 max_steps=self.cfg.max_steps)
         if "rnn_state" in st:
             per = self.cfg.batch_size // self.dist.world_size
             rows = torch.arange(self.dist.rank * per, (self.dist.rank + 1) * per)
             h = st["rnn_state"]["h"]
             c = st["rnn_state"].get("c")
             self.rnn_state = RNNState(h.to(self.device), None if c is None else c.to(self.device)).select(rows.to(self.device))
-        log.info("resumed %s at step %d", directory, self.step)
+        log.info("resumed %s at step %d", directory, self.progress.step)
 
     def _load_weights(self, directory: Path) -> None:
         """Load a checkpoint's weights into the (possibly sharded) training model."""
@@ -477,7 +456,7 @@ class Trainer:
     def _open_metrics(self):  # noqa: ANN202
         path = self.run_dir / METRICS_FILE
         if self.resume and path.is_file():  # drop records past the resumed step
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.progress.step]
             path.write_text("".join(k + "\n" for k in kept))
         elif not self.resume and path.exists():
             path.unlink()
@@ -499,7 +478,7 @@ class Trainer:
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
 
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (main and cfg.progress),
+        bar = tqdm(total=cfg.max_steps, initial=self.progress.step, disable=not (main and cfg.progress),
                    dynamic_ncols=True, desc="train")
         interrupted: str | None = None
         window_tokens, window_start = 0, time.perf_counter()
@@ -509,32 +488,32 @@ class Trainer:
                 while not self._finished():
                     t0 = time.perf_counter()
                     loss = self.train_step()
-                    self.elapsed += time.perf_counter() - t0
+                    self.progress.elapsed += time.perf_counter() - t0
                     bar.update(1)
                     if loss is not None:
                         losses.append(loss)
                         window_tokens += cfg.batch_size * cfg.seq_len
-                    if self.step % cfg.log_every == 0 and losses:
+                    if self.progress.step % cfg.log_every == 0 and losses:
                         now = time.perf_counter()
                         tps = window_tokens / max(now - window_start, 1e-9)
                         mean = sum(losses) / len(losses)
-                        record({"step": self.step, "loss": round(mean, 5), "lr": self.last_lr,
-                                "tokens_per_s": round(tps, 1), "elapsed_s": round(self.elapsed, 2)})
+                        record({"step": self.progress.step, "loss": round(mean, 5), "lr": self.last_lr,
+                                "tokens_per_s": round(tps, 1), "elapsed_s": round(self.progress.elapsed, 2)})
                         if cfg.max_time:  # the run ends at whichever limit comes first: size the bar to it
-                            bar.total = max(self.step, round(self.step / max(self._progress(), 1e-9)))
+                            bar.total = max(self.progress.step, round(self.progress.step / max(self._progress(), 1e-9)))
                         bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}",
                                         lr=f"{self.last_lr:.2e}", tok_s=f"{tps:,.0f}")
                         losses, window_tokens, window_start = [], 0, now
                     stop_now = self._sync_stop(stop.signum)
-                    paused = until_step is not None and self.step >= until_step
+                    paused = until_step is not None and self.progress.step >= until_step
                     done = self._finished()
                     evaluated = False
-                    if (self.step % cfg.eval_every == 0 and not stop_now) or done:
+                    if (self.progress.step % cfg.eval_every == 0 and not stop_now) or done:
                         evaluated = True
                         if self._eval_and_track(record):
-                            log.info("early stopping at step %d (patience %d)", self.step, cfg.patience)
+                            log.info("early stopping at step %d (patience %d)", self.progress.step, cfg.patience)
                             done = True
-                    periodic = self.step % cfg.save_every == 0 if cfg.save_every else evaluated
+                    periodic = self.progress.step % cfg.save_every == 0 if cfg.save_every else evaluated
                     if done or stop_now or periodic or paused:
                         self.save()
                     if paused and not done:
@@ -554,22 +533,22 @@ class Trainer:
             if self._agree(float(has_best)) if self.sharded else has_best:
                 self._load_weights(best_dir)
             test_loss = self.evaluate(self.test_tokens)
-            record({"step": self.step, "test_loss": round(test_loss, 5), "test_ppl": round(math.exp(test_loss), 3)})
+            record({"step": self.progress.step, "test_loss": round(test_loss, 5), "test_ppl": round(math.exp(test_loss), 3)})
         if metrics is not None:
             metrics.close()
             if interrupted is None:
                 write_loss_plot(self.run_dir)
-        return TrainResult(self.run_dir, self.step, self.tokens_seen, self.elapsed, self.best_val, self.last_val,
-                           test_loss, self.skipped, interrupted, history)
+        return TrainResult(self.run_dir, self.progress.step, self.progress.tokens_seen, self.progress.elapsed, self.progress.best_val, self.progress.last_val,
+                           test_loss, self.progress.skipped, interrupted, history)
 
     def _sync_stop(self, signum: int | None) -> bool:
         """Whether any rank was signalled; also agrees on the elapsed time (the slowest rank's),
         so that every rank stops at the same step when a time budget runs out."""
         flag = signum is not None
         if self.dist.enabled:
-            t = torch.tensor([1.0 if flag else 0.0, self.elapsed], dtype=torch.float64, device=self.device)
+            t = torch.tensor([1.0 if flag else 0.0, self.progress.elapsed], dtype=torch.float64, device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag, self.elapsed = bool(t[0].item()), float(t[1].item())
+            flag, self.progress.elapsed = bool(t[0].item()), float(t[1].item())
         return flag
 
     def _agree(self, value: float) -> float:
@@ -584,11 +563,11 @@ class Trainer:
         """Evaluate, keep the best weights, adjust the plateau lr; True means stop early."""
         t0 = time.perf_counter()
         val = self._agree(self.evaluate(self.valid_tokens, self.cfg.eval_batches))
-        self.last_val = val
-        improved = val < self.best_val
+        self.progress.last_val = val
+        improved = val < self.progress.best_val
         if improved:
-            self.best_val = val
-            self.evals_since_best = 0
+            self.progress.best_val = val
+            self.progress.evals_since_best = 0
             weights = full_model_state(self.model) if self.sharded else None
             if self.dist.is_main:
                 try:
@@ -596,17 +575,17 @@ class Trainer:
                                     state_dict=weights, context=self.context)
                 except OSError as exc:
                     raise TrainingError(
-                        f"could not save the best checkpoint at step {self.step} to {self.run_dir / 'best'}: "
+                        f"could not save the best checkpoint at step {self.progress.step} to {self.run_dir / 'best'}: "
                         f"{exc.strerror or exc}; the previous best/ is intact"
                     ) from None
         else:
-            self.evals_since_best += 1
-            if self.cfg.schedule == "plateau" and self.step >= self.cfg.warmup_steps:
-                self.plateau_scale /= self.cfg.plateau_factor
-        record({"step": self.step, "val_loss": round(val, 5), "val_ppl": round(math.exp(min(val, 50)), 3),
-                "best_val_loss": round(self.best_val, 5), "eval_s": round(time.perf_counter() - t0, 2)})
-        log.info("step %d: val loss %.4f (ppl %.2f)%s", self.step, val, math.exp(min(val, 50)), " *" if improved else "")
-        return bool(self.cfg.patience and self.evals_since_best >= self.cfg.patience)
+            self.progress.evals_since_best += 1
+            if self.cfg.schedule == "plateau" and self.progress.step >= self.cfg.warmup_steps:
+                self.progress.plateau_scale /= self.cfg.plateau_factor
+        record({"step": self.progress.step, "val_loss": round(val, 5), "val_ppl": round(math.exp(min(val, 50)), 3),
+                "best_val_loss": round(self.progress.best_val, 5), "eval_s": round(time.perf_counter() - t0, 2)})
+        log.info("step %d: val loss %.4f (ppl %.2f)%s", self.progress.step, val, math.exp(min(val, 50)), " *" if improved else "")
+        return bool(self.cfg.patience and self.progress.evals_since_best >= self.cfg.patience)
 
 
 def train(run: RunConfig, *, resume: bool = False) -> TrainResult:

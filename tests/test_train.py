@@ -190,8 +190,8 @@ def test_early_stopping_and_plateau(small_corpus: Path, tmp_path: Path) -> None:
     t = Trainer(cfg)
     result = t.fit()
     assert result.steps == 6  # best at the first evaluation, then two without improvement
-    assert t.evals_since_best == 2
-    assert t.plateau_scale <= 0.01 + 1e-12
+    assert t.progress.evals_since_best == 2
+    assert t.progress.plateau_scale <= 0.01 + 1e-12
 
 
 @pytest.mark.parametrize(("table", "message"), [
@@ -229,3 +229,18 @@ def test_loss_plot_skipped_without_matplotlib(tmp_path, monkeypatch, caplog) -> 
         assert write_loss_plot(tmp_path) is None
     assert "matplotlib is not installed" in caplog.text
     assert not (tmp_path / "loss.png").exists()
+
+
+def test_train_progress_round_trips_and_reads_old_checkpoints() -> None:
+    """The counters save and restore themselves; a checkpoint from before ``decay_start``
+    was saved gets it derived from the warm-up, as it was on resume before."""
+    from lm.trainstate import TrainProgress
+
+    p = TrainProgress(step=7, tokens_seen=70, elapsed=1.5, best_val=2.0, last_val=2.5, evals_since_best=1,
+                      plateau_scale=0.25, decay_start=None, skipped=1)
+    assert TrainProgress.from_state(p.to_state(), warmup_steps=10, max_steps=100) == p
+    p.decay_start = 0.1
+    assert TrainProgress.from_state(p.to_state(), warmup_steps=10, max_steps=100) == p
+    old = {k: v for k, v in p.to_state().items() if k != "decay_start"}
+    assert TrainProgress.from_state(old, warmup_steps=5, max_steps=100).decay_start == 0.05
+    assert TrainProgress.from_state(old, warmup_steps=50, max_steps=100).decay_start is None

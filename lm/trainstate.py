@@ -1,0 +1,54 @@
+"""What a training run counts, saved in every resumable checkpoint and restored on ``--resume``.
+
+One dataclass instead of fields written and read one by one: adding a counter is adding a field,
+and its save and restore come with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class TrainProgress:
+    """The trainer's counters (the optimizer, scaler, RNG and recurrent state are saved beside)."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed: float = 0.0
+    """Seconds of training (evaluation and saving excluded); what ``train.max_time`` budgets."""
+    best_val: float = math.inf
+    last_val: float = math.inf
+    evals_since_best: int = 0
+    plateau_scale: float = 1.0
+    decay_start: float | None = None
+    """Run progress when warm-up ended: decay schedules run from there (peak) to the end."""
+    skipped: int = 0
+    """Steps skipped for a non-finite loss (``train.on_nan = "skip"``)."""
+
+    def to_state(self) -> dict[str, Any]:
+        """The counters as checkpoint fields (``decay_start`` -1.0 while warming up: torch's
+        weights-only loader keeps plain numbers)."""
+        state = dataclasses.asdict(self)
+        state["decay_start"] = -1.0 if self.decay_start is None else self.decay_start
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, warmup_steps: int, max_steps: int) -> TrainProgress:
+        """The counters a checkpoint saved; ``decay_start`` derived for checkpoints written
+        before warm-up was accounted for."""
+        progress = cls(
+            step=int(state["step"]), tokens_seen=int(state["tokens_seen"]), elapsed=float(state["elapsed"]),
+            best_val=float(state["best_val"]), last_val=float(state["last_val"]),
+            evals_since_best=int(state["evals_since_best"]), plateau_scale=float(state["plateau_scale"]),
+            skipped=int(state["skipped"]),
+        )
+        if "decay_start" in state:
+            saved = float(state["decay_start"])
+            progress.decay_start = None if saved < 0 else saved
+        elif progress.step >= warmup_steps:
+            progress.decay_start = min(1.0, warmup_steps / max_steps)
+        return progress
