@@ -95,3 +95,42 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=_full_options())
+
+
+def agree(info: DistInfo, device: torch.device, value: float) -> float:
+    """Rank 0's ``value`` on every rank (decisions that lead into collectives must match)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def agree_stop(info: DistInfo, device: torch.device, signalled: bool, elapsed: float) -> tuple[bool, float]:
+    """Whether any rank was signalled, and the slowest rank's elapsed time, on every rank: so
+    every rank stops at the same step when a signal comes or a time budget runs out."""
+    if not info.enabled:
+        return signalled, elapsed
+    t = torch.tensor([1.0 if signalled else 0.0, elapsed], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t[0].item()), float(t[1].item())
+
+
+def gathered_rnn_state(state: Any, info: DistInfo) -> dict[str, torch.Tensor] | None:
+    """Every rank's carried recurrent state (``RNNState``), joined along the batch on CPU in
+    fp32 for the checkpoint; collective, so every rank calls it."""
+    if state is None:
+        return None
+    h, c = state.h, state.c
+    if info.enabled:
+        parts = [torch.empty_like(h) for _ in range(info.world_size)]
+        dist.all_gather(parts, h.contiguous())
+        h = torch.cat(parts, dim=1)
+        if c is not None:
+            parts = [torch.empty_like(c) for _ in range(info.world_size)]
+            dist.all_gather(parts, c.contiguous())
+            c = torch.cat(parts, dim=1)
+    out = {"h": h.float().cpu()}
+    if c is not None:
+        out["c"] = c.float().cpu()
+    return out

@@ -43,8 +43,11 @@ from lm.context import TextContext, trained_length
 from lm.data import RandomBatches, SequentialBatches, eval_batches, resolve_corpus, tokenize_to_file
 from lm.distributed import (
     DistInfo,
+    agree,
+    agree_stop,
     full_model_state,
     full_optimizer_state,
+    gathered_rnn_state,
     init_distributed,
     load_full_model_state,
     load_full_optimizer_state,
@@ -351,32 +354,13 @@ class Trainer:
             "run": run_to_dict(self.run),
         }
 
-    def _gathered_rnn_state(self) -> dict[str, torch.Tensor] | None:
-        if self.rnn_state is None:
-            return None
-        state = self.rnn_state
-        if self.dist.enabled:
-            parts_h = [torch.empty_like(state.h) for _ in range(self.dist.world_size)]
-            dist.all_gather(parts_h, state.h.contiguous())
-            h = torch.cat(parts_h, dim=1)
-            c = None
-            if state.c is not None:
-                parts_c = [torch.empty_like(state.c) for _ in range(self.dist.world_size)]
-                dist.all_gather(parts_c, state.c.contiguous())
-                c = torch.cat(parts_c, dim=1)
-            state = RNNState(h, c)
-        out = {"h": state.h.float().cpu()}
-        if state.c is not None:
-            out["c"] = state.c.float().cpu()
-        return out
-
     def save(self) -> Path | None:
         """Write a resumable checkpoint, repoint ``latest``, and drop older step checkpoints.
 
         The optimizer state is stored keyed by parameter name and unsharded, so a run resumes on
         any world size, with or without FSDP. Every rank calls this (gathers are collective).
         """
-        rnn = self._gathered_rnn_state()
+        rnn = gathered_rnn_state(self.rnn_state, self.dist)
         weights = full_model_state(self.model) if self.sharded else None
         optimizer_state = full_optimizer_state(self.model, self.optimizer)
         if not self.dist.is_main:
@@ -504,7 +488,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}",
                                         lr=f"{self.last_lr:.2e}", tok_s=f"{tps:,.0f}")
                         losses, window_tokens, window_start = [], 0, now
-                    stop_now = self._sync_stop(stop.signum)
+                    stop_now, self.progress.elapsed = agree_stop(self.dist, self.device, stop.signum is not None,
+                                                                 self.progress.elapsed)
                     paused = until_step is not None and self.progress.step >= until_step
                     done = self._finished()
                     evaluated = False
@@ -530,7 +515,7 @@ class Trainer:
         if interrupted is None and self.test_tokens is not None and (main or self.sharded):
             best_dir = self.run_dir / "best"  # every rank reads it: sharded models load collectively
             has_best = best_dir.is_dir()
-            if self._agree(float(has_best)) if self.sharded else has_best:
+            if agree(self.dist, self.device, float(has_best)) if self.sharded else has_best:
                 self._load_weights(best_dir)
             test_loss = self.evaluate(self.test_tokens)
             record({"step": self.progress.step, "test_loss": round(test_loss, 5), "test_ppl": round(math.exp(test_loss), 3)})
@@ -541,28 +526,10 @@ class Trainer:
         return TrainResult(self.run_dir, self.progress.step, self.progress.tokens_seen, self.progress.elapsed, self.progress.best_val, self.progress.last_val,
                            test_loss, self.progress.skipped, interrupted, history)
 
-    def _sync_stop(self, signum: int | None) -> bool:
-        """Whether any rank was signalled; also agrees on the elapsed time (the slowest rank's),
-        so that every rank stops at the same step when a time budget runs out."""
-        flag = signum is not None
-        if self.dist.enabled:
-            t = torch.tensor([1.0 if flag else 0.0, self.progress.elapsed], dtype=torch.float64, device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag, self.progress.elapsed = bool(t[0].item()), float(t[1].item())
-        return flag
-
-    def _agree(self, value: float) -> float:
-        """Rank 0's ``value`` on every rank (decisions that lead into collectives must match)."""
-        if not self.dist.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.broadcast(t, src=0)
-        return float(t.item())
-
     def _eval_and_track(self, record) -> bool:  # noqa: ANN001
         """Evaluate, keep the best weights, adjust the plateau lr; True means stop early."""
         t0 = time.perf_counter()
-        val = self._agree(self.evaluate(self.valid_tokens, self.cfg.eval_batches))
+        val = agree(self.dist, self.device, self.evaluate(self.valid_tokens, self.cfg.eval_batches))
         self.progress.last_val = val
         improved = val < self.progress.best_val
         if improved:
