@@ -49,7 +49,7 @@ from lm.streaming import TextStream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DecodeSession", "DoneEvent", "Event", "FinishEvent", "TokenEvent"]
+__all__ = ["DecodeSession"]
 
 
 class DecodeSession:

@@ -11,9 +11,9 @@ from torch import nn
 
 from lm.context import TextContext
 from lm.engine import DecodeSession
-from lm.params import Completion, FinishEvent, GenerationParams, ParamError
+from lm.params import Completion, FinishEvent, GenerationParams
 
-__all__ = ["Completion", "GenerationParams", "ParamError", "generate"]
+__all__ = ["generate"]
 
 
 def generate(

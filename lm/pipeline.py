@@ -15,11 +15,11 @@ from lm.checkpoint import load_checkpoint, read_context, resolve_checkpoint_dir
 from lm.config import ModelConfig
 from lm.context import TextContext
 from lm.dtypes import torch_dtype
-from lm.engine import DecodeSession, Event
+from lm.engine import DecodeSession
 from lm.generate import generate
 from lm.inference import prepare_for_inference
 from lm.models import model_device
-from lm.params import Completion, GenerationParams
+from lm.params import Completion, Event, GenerationParams
 from lm.score import ScoreJob, ScoreResult, score_results, score_texts
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from lm.engine import FinishEvent, TokenEvent
-from lm.generate import Completion, GenerationParams, ParamError
+from lm.params import Completion, FinishEvent, GenerationParams, ParamError, TokenEvent
 from lm.score import ScoreJob
 from lm.streaming import token_pieces
 from service.errors import APIError, error_body

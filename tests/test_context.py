@@ -19,9 +19,10 @@ from lm.checkpoint import CheckpointError, read_context, save_checkpoint
 from lm.config import RNNConfig, TransformerConfig, run_config_from_dict
 from lm.context import TextContext, line_break_ids
 from lm.engine import DecodeSession
-from lm.generate import GenerationParams, ParamError, generate
+from lm.generate import generate
 from lm.models import build_model
 from lm.optim import scheduled_lr
+from lm.params import GenerationParams, ParamError
 from lm.pipeline import Pipeline
 from lm.score import score_texts
 from lm.train import Trainer, TrainingError, train

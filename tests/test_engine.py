@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from lm.config import RNNConfig, TransformerConfig
-from lm.engine import DecodeSession, DoneEvent, FinishEvent, TokenEvent
-from lm.generate import GenerationParams, ParamError, generate
+from lm.engine import DecodeSession
+from lm.generate import generate
 from lm.models import RNNState, build_model
+from lm.params import DoneEvent, FinishEvent, GenerationParams, ParamError, TokenEvent
 from lm.pipeline import Pipeline
 from tokenizer import CharTokenizer
 

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 from lm.beam import rank_key
 from lm.config import RNNConfig, TransformerConfig
-from lm.engine import DecodeSession, DoneEvent, FinishEvent, TokenEvent
-from lm.generate import GenerationParams, generate
+from lm.engine import DecodeSession
+from lm.generate import generate
 from lm.models import build_model
-from lm.params import FINISH_REASONS
+from lm.params import FINISH_REASONS, DoneEvent, FinishEvent, GenerationParams, TokenEvent
 from tokenizer import CharTokenizer
 
 TINY = CharTokenizer(list("ab\n"), unk_policy="unk")  # 7 ids: a vocabulary a ban can empty

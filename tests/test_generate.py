@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from lm.config import RNNConfig, TransformerConfig
-from lm.generate import Completion, GenerationParams, generate
+from lm.generate import generate
 from lm.models import build_model
+from lm.params import Completion, GenerationParams
 from tokenizer import CharTokenizer
 
 CHARS = list("abcdefghij .,é€")

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm.generate import GenerationParams, ParamError
+from lm.params import GenerationParams, ParamError
 from lm.sampling import (
     RowSampler,
     banned_ngram_tokens,

@@ -48,8 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm.engine import DoneEvent, FinishEvent
-    from lm.params import GenerationParams, ParamError
+    from lm.params import DoneEvent, FinishEvent, GenerationParams, ParamError
     from lm.pipeline import Pipeline
 
     names = [f.name for f in dataclasses.fields(GenerationParams)]

@@ -22,8 +22,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from lm.engine import FinishEvent, TokenEvent
-from lm.generate import Completion, GenerationParams
+from lm.params import Completion, FinishEvent, GenerationParams, TokenEvent
 from lm.streaming import PieceAligner
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError

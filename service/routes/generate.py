@@ -8,8 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from lm.engine import FinishEvent, TokenEvent
-from lm.generate import Completion, GenerationParams
+from lm.params import Completion, FinishEvent, GenerationParams, TokenEvent
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError
 from service.generation import (

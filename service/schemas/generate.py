@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from lm.generate import GenerationParams
+from lm.params import GenerationParams
 from service.schemas.common import INT32, INT63, ModelName, RequestBody, Usage
 
 _D: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GenerationParams)}
