@@ -40,10 +40,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from lm.config import RNNConfig, TransformerConfig  # noqa: E402
 from lm.context import TextContext  # noqa: E402
-from lm.generate import generate  # noqa: E402
+from lm.decoding.generate import generate  # noqa: E402
+from lm.decoding.params import GenerationParams  # noqa: E402
 from lm.inference import prepare_for_inference  # noqa: E402
 from lm.models import build_model  # noqa: E402
-from lm.params import GenerationParams  # noqa: E402
 from lm.pipeline import Pipeline  # noqa: E402
 from lm.score import score_ids  # noqa: E402
 from tokenizer import CharTokenizer  # noqa: E402

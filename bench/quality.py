@@ -29,7 +29,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 import torch  # noqa: E402
 
 from lm.config import run_config_from_dict  # noqa: E402
-from lm.train import Trainer  # noqa: E402
+from lm.training.trainer import Trainer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

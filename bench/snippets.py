@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from test_shipped_checkpoints import PROMPTS, snippets, validation_text  # noqa: E402
 
 from lm.context import TextContext  # noqa: E402
-from lm.params import GenerationParams  # noqa: E402
+from lm.decoding.params import GenerationParams  # noqa: E402
 from lm.pipeline import Pipeline  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Training throughput: tokens/s, ms/step and model FLOPs utilisation, fp32 vs bf16 autocast.
 
-Runs the real trainer (``lm.train.Trainer.train_step``) on the issue's two reference setups:
+Runs the real trainer (``lm.training.trainer.Trainer.train_step``) on the issue's two reference setups:
 
 * Transformer n_layer=4, n_head=4, n_embd=128, block 64, batch 12, characters, Tiny Shakespeare;
 * LSTM 2 x 200, bptt 35, batch 20, words, Penn Treebank.
@@ -41,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from lm.config import run_config_from_dict  # noqa: E402
-from lm.train import Trainer  # noqa: E402
+from lm.training.trainer import Trainer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -2,7 +2,7 @@
 
 The public surface, what the service and users call, is importable from ``lm`` itself:
 ``lm.load_checkpoint(dir, device=None) -> (model, tokenizer, config)``, ``lm.Pipeline``,
-``lm.GenerationParams``, ``lm.generate``, ``lm.DecodeSession`` and its events, ``lm.score_texts``,
+``lm.GenerationParams``, ``lm.decoding.generate``, ``lm.DecodeSession`` and its events, ``lm.score_texts``,
 ``lm.TextContext``. Names are imported on first use, so ``import lm`` (and ``lmforge --help``)
 does not pay for torch.
 """
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lm.checkpoint import CheckpointError, load_checkpoint
     from lm.context import TextContext
-    from lm.engine import DecodeSession
-    from lm.generate import generate
-    from lm.params import (
+    from lm.decoding.engine import DecodeSession
+    from lm.decoding.generate import generate
+    from lm.decoding.params import (
         Completion,
         DoneEvent,
         FinishEvent,
@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "load_checkpoint": "checkpoint", "CheckpointError": "checkpoint", "TextContext": "context",
-    "DecodeSession": "engine", "generate": "generate", "Pipeline": "pipeline",
-    "Completion": "params", "DoneEvent": "params", "FinishEvent": "params", "GenerationParams": "params",
-    "ParamError": "params", "TokenEvent": "params", "ScoreResult": "score", "score_texts": "score",
+    "DecodeSession": "decoding.engine", "generate": "decoding.generate", "Pipeline": "pipeline",
+    "Completion": "decoding.params", "DoneEvent": "decoding.params", "FinishEvent": "decoding.params",
+    "GenerationParams": "decoding.params", "ParamError": "decoding.params", "TokenEvent": "decoding.params", "ScoreResult": "score", "score_texts": "score",
 }
 
 __all__ = ["CheckpointError", "Completion", "DecodeSession", "DoneEvent", "FinishEvent", "GenerationParams",

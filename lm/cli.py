@@ -61,8 +61,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is enough for the user (no traceback)."""
     from lm.checkpoint import CheckpointError
     from lm.config import ConfigError
-    from lm.data import DataError
-    from lm.params import ParamError
+    from lm.decoding.params import ParamError
+    from lm.training.data import DataError
     from tokenizer import TokenizerError
 
     return ConfigError, CheckpointError, TokenizerError, ParamError, DataError, FileNotFoundError

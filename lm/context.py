@@ -7,7 +7,7 @@ nothing new:
 - ``start``: the token ids that come before the first token of a text. The trainer's stream is
   the corpus as written, lines separated by the tokenizer's line break (``"\\n"`` for char and
   sentencepiece kinds, ``<eos>`` for a word tokenizer with ``eos_at_newline``), and every file of
-  the corpus starts after one (``lm.data`` puts it there), so the line break is what a model has
+  the corpus starts after one (``lm.training.data`` puts it there), so the line break is what a model has
   seen, thousands of times, in the role "a text begins here". Generation conditions a prompt on
   it and scoring scores a text's first token after it. A prompt or text that already begins with
   it is not given a second one. A tokenizer with no line-break token (a word tokenizer without

@@ -14,12 +14,12 @@ from torch import nn
 from lm.checkpoint import load_checkpoint, read_context, resolve_checkpoint_dir
 from lm.config import ModelConfig
 from lm.context import TextContext
+from lm.decoding.engine import DecodeSession
+from lm.decoding.generate import generate
+from lm.decoding.params import Completion, Event, GenerationParams
 from lm.dtypes import torch_dtype
-from lm.engine import DecodeSession
-from lm.generate import generate
 from lm.inference import prepare_for_inference
 from lm.models import model_device
-from lm.params import Completion, Event, GenerationParams
 from lm.score import ScoreJob, ScoreResult, score_results, score_texts
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Pipeline:
         return self.tokenizer.encode(text)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[list[Completion]]:
-        """Completions for each prompt (see ``lm.generate.generate``)."""
+        """Completions for each prompt (see ``lm.decoding.generate.generate``)."""
         return generate(self.model, self.tokenizer, prompts, params, device=self.device, context=self.context)
 
     def stream(self, prompt: str, params: GenerationParams) -> Iterator[Event]:

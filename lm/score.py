@@ -33,9 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from lm.context import TextContext
+from lm.decoding.params import ParamError
 from lm.losses import hidden_token_nll, perplexity, token_nll
 from lm.models import model_device
-from lm.params import ParamError
 
 RNN_CHUNK = 512
 """Tokens per forward for recurrent models (the state carries across chunks, so it is exact)."""

@@ -18,9 +18,9 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from lm.params import Completion, FinishEvent, GenerationParams, ParamError, TokenEvent
+from lm.decoding.params import Completion, FinishEvent, GenerationParams, ParamError, TokenEvent
+from lm.decoding.streaming import token_pieces
 from lm.score import ScoreJob
-from lm.streaming import token_pieces
 from service.errors import APIError, error_body
 from service.registry import ServedModel
 from service.scheduler import Event, GenerationFailed, QueueFull, SchedulerStopped, Submission
@@ -277,7 +277,7 @@ def sse_error(exc: BaseException, settings: Settings, event: str | None = "error
 
 def token_texts(served: ServedModel, prompt_ids: Sequence[int], ids: Sequence[int], text: str) -> list[str]:
     """Each generated token's text as it reads in ``text``, the completion of ``prompt_ids``
-    (``lm.streaming.token_pieces``: they join to exactly ``text``)."""
+    (``lm.decoding.streaming.token_pieces``: they join to exactly ``text``)."""
     context, _ = served.pipeline.context.frame(prompt_ids)
     return token_pieces(served.pipeline.tokenizer, context, ids, text)
 

@@ -26,8 +26,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from lm.engine import DecodeSession
-from lm.params import DoneEvent, FinishEvent, GenerationParams, TokenEvent
+from lm.decoding.engine import DecodeSession
+from lm.decoding.params import DoneEvent, FinishEvent, GenerationParams, TokenEvent
 from lm.score import ScoreJob
 from service.metrics import Metrics
 

@@ -18,14 +18,14 @@ import lm
 from lm.checkpoint import CheckpointError, read_context, save_checkpoint
 from lm.config import RNNConfig, TransformerConfig, run_config_from_dict
 from lm.context import TextContext, line_break_ids
-from lm.engine import DecodeSession
-from lm.generate import generate
+from lm.decoding.engine import DecodeSession
+from lm.decoding.generate import generate
+from lm.decoding.params import GenerationParams, ParamError
 from lm.models import build_model
-from lm.optim import scheduled_lr
-from lm.params import GenerationParams, ParamError
 from lm.pipeline import Pipeline
 from lm.score import score_texts
-from lm.train import Trainer, TrainingError, train
+from lm.training.optim import scheduled_lr
+from lm.training.trainer import Trainer, TrainingError, train
 from tokenizer import CharTokenizer, WordTokenizer, train_tokenizer
 
 CHAR = CharTokenizer(list("abc \n"))

@@ -16,7 +16,7 @@ import torch
 
 from lm.checkpoint import load_checkpoint, resolve_checkpoint_dir
 from lm.config import run_config_from_dict
-from lm.train import Trainer, TrainingError, train
+from lm.training.trainer import Trainer, TrainingError, train
 
 CONFIG = """
 [data]

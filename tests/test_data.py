@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from lm.config import DataConfig
-from lm.data import DataError, RandomBatches, SequentialBatches, resolve_corpus, tokenize_to_file
+from lm.training.data import (
+    DataError,
+    RandomBatches,
+    SequentialBatches,
+    resolve_corpus,
+    tokenize_to_file,
+)
 from tokenizer import train_tokenizer
 
 

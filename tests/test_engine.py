@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from lm.config import RNNConfig, TransformerConfig
-from lm.engine import DecodeSession
-from lm.generate import generate
+from lm.decoding.engine import DecodeSession
+from lm.decoding.generate import generate
+from lm.decoding.params import DoneEvent, FinishEvent, GenerationParams, ParamError, TokenEvent
 from lm.models import RNNState, build_model
-from lm.params import DoneEvent, FinishEvent, GenerationParams, ParamError, TokenEvent
 from lm.pipeline import Pipeline
 from tokenizer import CharTokenizer
 

@@ -17,12 +17,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lm.beam import rank_key
 from lm.config import RNNConfig, TransformerConfig
-from lm.engine import DecodeSession
-from lm.generate import generate
+from lm.decoding.beam import rank_key
+from lm.decoding.engine import DecodeSession
+from lm.decoding.generate import generate
+from lm.decoding.params import FINISH_REASONS, DoneEvent, FinishEvent, GenerationParams, TokenEvent
 from lm.models import build_model
-from lm.params import FINISH_REASONS, DoneEvent, FinishEvent, GenerationParams, TokenEvent
 from tokenizer import CharTokenizer
 
 TINY = CharTokenizer(list("ab\n"), unk_policy="unk")  # 7 ids: a vocabulary a ban can empty

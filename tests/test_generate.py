@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lm.config import RNNConfig, TransformerConfig
-from lm.generate import generate
+from lm.decoding.generate import generate
+from lm.decoding.params import Completion, GenerationParams
 from lm.models import build_model
-from lm.params import Completion, GenerationParams
 from tokenizer import CharTokenizer
 
 CHARS = list("abcdefghij .,é€")

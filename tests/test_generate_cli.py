@@ -11,9 +11,9 @@ import torch
 from lm.checkpoint import save_checkpoint
 from lm.cli import main
 from lm.config import RNNConfig, TransformerConfig
-from lm.generate import generate
+from lm.decoding.generate import generate
+from lm.decoding.params import GenerationParams
 from lm.models import build_model
-from lm.params import GenerationParams
 from tokenizer import CharTokenizer, train_tokenizer
 
 CORPUS = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n" * 5

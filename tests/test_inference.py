@@ -10,10 +10,10 @@ from torch import nn
 
 import lm.inference as inference
 from lm.config import TransformerConfig
-from lm.generate import generate
+from lm.decoding.generate import generate
+from lm.decoding.params import GenerationParams
 from lm.inference import PackedLinear, packing_supported, prepare_for_inference
 from lm.models import build_model
-from lm.params import GenerationParams
 from tokenizer import CharTokenizer
 
 pytestmark = pytest.mark.skipif(not packing_supported(torch.ones(1)), reason="PyTorch built without oneDNN")

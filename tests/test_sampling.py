@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm.params import GenerationParams, ParamError
-from lm.sampling import (
+from lm.decoding.params import GenerationParams, ParamError
+from lm.decoding.sampling import (
     RowSampler,
     banned_ngram_tokens,
     draw,
@@ -19,7 +19,7 @@ from lm.sampling import (
     top_k,
     top_p,
 )
-from lm.streaming import TextStream
+from lm.decoding.streaming import TextStream
 from tokenizer import CharTokenizer
 
 NEG = float("-inf")

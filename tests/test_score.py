@@ -11,9 +11,9 @@ import torch
 import lm.score
 from lm.config import RNNConfig, TransformerConfig
 from lm.context import TextContext
+from lm.decoding.params import ParamError
 from lm.losses import token_nll
 from lm.models import build_model
-from lm.params import ParamError
 from lm.score import score_ids, score_texts, windows
 from tokenizer import CharTokenizer
 

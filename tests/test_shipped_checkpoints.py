@@ -18,7 +18,7 @@ import torch
 
 from lm.checkpoint import load_checkpoint, read_context
 from lm.context import line_break_ids
-from lm.params import GenerationParams
+from lm.decoding.params import GenerationParams
 from lm.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 from lm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lm.cli import main
 from lm.config import ConfigError, load_run_config, run_config_from_dict
-from lm.train import Trainer, TrainingError, train
+from lm.training.trainer import Trainer, TrainingError, train
 
 RNN_CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 
@@ -221,7 +221,7 @@ def test_loss_plot_skipped_without_matplotlib(tmp_path, monkeypatch, caplog) -> 
     """matplotlib is an extra: without it the run still ends, and the log says why no plot."""
     import sys
 
-    from lm.train import write_loss_plot
+    from lm.training.trainer import write_loss_plot
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -234,7 +234,7 @@ def test_loss_plot_skipped_without_matplotlib(tmp_path, monkeypatch, caplog) -> 
 def test_train_progress_round_trips_and_reads_old_checkpoints() -> None:
     """The counters save and restore themselves; a checkpoint from before ``decay_start``
     was saved gets it derived from the warm-up, as it was on resume before."""
-    from lm.trainstate import TrainProgress
+    from lm.training.trainstate import TrainProgress
 
     p = TrainProgress(step=7, tokens_seen=70, elapsed=1.5, best_val=2.0, last_val=2.5, evals_since_best=1,
                       plateau_scale=0.25, decay_start=None, skipped=1)

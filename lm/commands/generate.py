@@ -7,8 +7,8 @@ import dataclasses
 import json
 import sys
 
+from lm.decoding.params import STRATEGIES, GenerationParams
 from lm.dtypes import WEIGHT_DTYPES
-from lm.params import STRATEGIES, GenerationParams
 
 HELP = "continue a prompt with a trained model"
 
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm.params import DoneEvent, FinishEvent, GenerationParams, ParamError
+    from lm.decoding.params import DoneEvent, FinishEvent, GenerationParams, ParamError
     from lm.pipeline import Pipeline
 
     names = [f.name for f in dataclasses.fields(GenerationParams)]

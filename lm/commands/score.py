@@ -43,8 +43,8 @@ def _read(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lm.decoding.params import ParamError
     from lm.losses import perplexity
-    from lm.params import ParamError
     from lm.pipeline import Pipeline
     from lm.score import score_texts
 

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm.train import TrainingError, load_run_dir_config, train
+    from lm.training.trainer import TrainingError, load_run_dir_config, train
 
     if args.resume:
         overrides = apply_overrides({}, args.overrides)

@@ -7,7 +7,7 @@ chosen token's log-probability; ``top_logprobs`` lists only that token (the engi
 alternatives). ``finish_reason`` is ``length`` at ``max_tokens``, else ``stop`` (a stop string,
 end-of-sequence, or no token left to choose).
 
-Token texts are each token's piece of the text (``lm.streaming.token_pieces``), so for every
+Token texts are each token's piece of the text (``lm.decoding.streaming.token_pieces``), so for every
 tokenizer kind ``"".join(tokens) == text``, ``text_offset`` indexes ``text``, and a stream's
 chunks carry exactly the tokens and offsets of the non-streamed answer. ``echo`` returns the
 prompt as the model read it (the prompt itself for char and sentencepiece models, whose
@@ -22,8 +22,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from lm.params import Completion, FinishEvent, GenerationParams, TokenEvent
-from lm.streaming import PieceAligner
+from lm.decoding.params import Completion, FinishEvent, GenerationParams, TokenEvent
+from lm.decoding.streaming import PieceAligner
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError
 from service.generation import (

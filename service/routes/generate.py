@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from lm.params import Completion, FinishEvent, GenerationParams, TokenEvent
+from lm.decoding.params import Completion, FinishEvent, GenerationParams, TokenEvent
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError
 from service.generation import (

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from lm.params import GenerationParams
+from lm.decoding.params import GenerationParams
 from service.schemas.common import INT32, INT63, ModelName, RequestBody, Usage
 
 _D: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GenerationParams)}
@@ -20,7 +20,7 @@ StopStrings = str | list[str] | None
 
 
 class DecodingOptions(RequestBody):
-    """Every option of the decoding engine (``lm.generate.GenerationParams``)."""
+    """Every option of the decoding engine (``lm.decoding.generate.GenerationParams``)."""
 
     strategy: Strategy = Field(_D["strategy"], description="greedy, sample (temperature/top-k/top-p) or beam search")
     max_new_tokens: int | None = Field(

@@ -4,7 +4,7 @@ and step by step ``TokenEvent``/``FinishEvent``).
 One flat, validated parameter object with OpenAI-style names (after vLLM's ``SamplingParams``):
 every range is checked when the object is built, and a bad value raises ``ParamError`` naming
 the field, what is allowed and what was given, so the CLI and the HTTP service can pass the
-message straight to the user. ``lm.generate`` and ``lm.engine`` re-export these names; they live
+message straight to the user. ``lm.decoding.generate`` and ``lm.decoding.engine`` re-export these names; they live
 here so the engine, beam search and ``generate()`` share them without an import cycle.
 """
 

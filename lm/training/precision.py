@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from lm.errors import TrainingError
+from lm.training.errors import TrainingError
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from lm.models import concat_states
 
 if TYPE_CHECKING:
-    from lm.params import GenerationParams
-    from lm.streaming import TextStream
+    from lm.decoding.params import GenerationParams
+    from lm.decoding.streaming import TextStream
 
 PREFILL_TOKENS = 2048
 """Most tokens (rows x length) in one prefill forward: bounds the [rows, T, V] logits it makes."""

@@ -31,11 +31,10 @@ from numbers import Integral
 import torch
 from torch import nn
 
-from lm.batch import Request, Row, RowBatch
-from lm.beam import BeamSearch
 from lm.context import TextContext
-from lm.models import model_device
-from lm.params import (
+from lm.decoding.batch import Request, Row, RowBatch
+from lm.decoding.beam import BeamSearch
+from lm.decoding.params import (
     Completion,
     DoneEvent,
     Event,
@@ -44,8 +43,9 @@ from lm.params import (
     ParamError,
     TokenEvent,
 )
-from lm.sampling import RowSampler, sanitize
-from lm.streaming import TextStream
+from lm.decoding.sampling import RowSampler, sanitize
+from lm.decoding.streaming import TextStream
+from lm.models import model_device
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig, run_config_from_dict, to_dict
-from lm.errors import TrainingError
+from lm.training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

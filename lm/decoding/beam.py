@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from lm.batch import Request, Row, RowBatch
-from lm.params import Completion, FinishEvent
-from lm.sampling import NEG_INF, RowSampler, sanitize
-from lm.streaming import TextStream
+from lm.decoding.batch import Request, Row, RowBatch
+from lm.decoding.params import Completion, FinishEvent
+from lm.decoding.sampling import NEG_INF, RowSampler, sanitize
+from lm.decoding.streaming import TextStream
 
 
 def rank_key(logprob_sum: float, length: int, length_penalty: float) -> float:

@@ -1,6 +1,6 @@
 """Greedy, sampled and beam-search generation over token ids (or strings).
 
-``generate`` is a loop over a ``DecodeSession`` (``lm.engine``), the same step-wise decoder the
+``generate`` is a loop over a ``DecodeSession`` (``lm.decoding.engine``), the same step-wise decoder the
 server drives, so batch results, streamed results and served results cannot differ.
 """
 
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from lm.context import TextContext
-from lm.engine import DecodeSession
-from lm.params import Completion, FinishEvent, GenerationParams
+from lm.decoding.engine import DecodeSession
+from lm.decoding.params import Completion, FinishEvent, GenerationParams
 
 __all__ = ["generate"]
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lm.params import GenerationParams
+from lm.decoding.params import GenerationParams
 
 NEG_INF = float("-inf")
 PENALTY_RANGE = (1e-30, 1e30)

@@ -5,7 +5,7 @@ The run directory (``train.out_dir``) holds ``run_config.json`` (the resolved co
 ``latest`` pointer (replaced atomically after each complete write), ``best/`` (best validation
 loss, weights only), ``metrics.jsonl`` and ``loss.png``.
 
-Exact resume: batches are a pure function of the step (``lm.data``), and the checkpoint carries
+Exact resume: batches are a pure function of the step (``lm.training.data``), and the checkpoint carries
 the optimizer, scaler, RNG and carried recurrent state, so on CPU a resumed run's losses equal
 an uninterrupted run's.
 """
@@ -40,8 +40,16 @@ from lm.checkpoint import (
 )
 from lm.config import RunConfig, TrainConfig
 from lm.context import TextContext, trained_length
-from lm.data import RandomBatches, SequentialBatches, eval_batches, resolve_corpus, tokenize_to_file
-from lm.distributed import (
+from lm.losses import mean_nll, token_nll
+from lm.models import RNNLM, RNNState, build_model
+from lm.training.data import (
+    RandomBatches,
+    SequentialBatches,
+    eval_batches,
+    resolve_corpus,
+    tokenize_to_file,
+)
+from lm.training.distributed import (
     DistInfo,
     agree,
     agree_stop,
@@ -53,12 +61,10 @@ from lm.distributed import (
     load_full_optimizer_state,
     shard_transformer,
 )
-from lm.errors import TrainingError
-from lm.losses import mean_nll, token_nll
-from lm.models import RNNLM, RNNState, build_model
-from lm.optim import build_optimizer, scheduled_lr
-from lm.precision import autocast_context, resolve_precision
-from lm.rundir import (
+from lm.training.errors import TrainingError
+from lm.training.optim import build_optimizer, scheduled_lr
+from lm.training.precision import autocast_context, resolve_precision
+from lm.training.rundir import (
     METRICS_FILE,
     RUN_CONFIG_FILE,
     check_tokenizer_unchanged,
@@ -67,7 +73,7 @@ from lm.rundir import (
     run_to_dict,
     write_loss_plot,
 )
-from lm.trainstate import TrainProgress
+from lm.training.trainstate import TrainProgress
 from tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from tokenizer.io import write_atomic
 
@@ -557,7 +563,7 @@ class Trainer:
 
 def train(run: RunConfig, *, resume: bool = False) -> TrainResult:
     """Train (or resume) the run that ``run`` describes."""
-    from lm.distributed import shutdown_distributed
+    from lm.training.distributed import shutdown_distributed
 
     try:
         return Trainer(run, resume=resume).fit()
