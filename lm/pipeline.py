@@ -51,14 +51,14 @@ class Pipeline:
                         name: str | None = None, dtype: torch.dtype | str | None = None) -> Pipeline:
         """Load a checkpoint (or a run directory's best/latest one) onto ``device`` (default:
         cuda, else mps, else cpu), optionally cast to ``dtype`` (``torch.bfloat16``, or a name of
-        ``lm.dtypes`` as the CLI and the server settings give it; ``fp32`` loads as stored)."""
+        ``lm.dtypes`` as the CLI and the server settings give it)."""
         if isinstance(dtype, str):
-            dtype = None if dtype == "fp32" else torch_dtype(dtype)
+            dtype = torch_dtype(dtype)
         directory = resolve_checkpoint_dir(path)
         model, tokenizer, config = load_checkpoint(directory, device=device, dtype=dtype)
         context = read_context(directory, tokenizer)
         name = name or Path(path).resolve().name
-        log.info("loaded %s (%s, %s) from %s", name, config.family, dtype or "fp32", directory)
+        log.info("loaded %s (%s, %s) from %s", name, config.family, dtype or torch.float32, directory)
         return cls(model, tokenizer, config, name=name, context=context, owned=True)
 
     def encode(self, text: str) -> list[int]:
