@@ -19,10 +19,14 @@ from lm.models.config import (
     RNNConfig,
     TransformerConfig,
     check,
+    check_at_least,
+    check_choice,
+    check_fraction,
     model_config_from_dict,
     parse_table,
     to_dict,
 )
+from tokenizer.kinds import KINDS as TOKENIZER_KINDS
 
 __all__ = ["MODEL_CONFIGS", "ConfigError", "DataConfig", "ModelConfig", "RNNConfig", "RunConfig",
            "TokenizerConfig", "TrainConfig", "TransformerConfig", "apply_overrides", "load_run_config",
@@ -45,11 +49,8 @@ class DataConfig:
     """Where token files are cached (default: ``<out_dir>/data``)."""
 
     def __post_init__(self) -> None:
-        check(
-            self.batching in ("auto", "random", "sequential"),
-            f"data.batching must be 'auto', 'random' or 'sequential', got {self.batching!r}",
-        )
-        check(0.0 <= self.valid_fraction < 1.0, f"data.valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        check_choice("data.batching", self.batching, ("auto", "random", "sequential"))
+        check_fraction("data.valid_fraction", self.valid_fraction)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,10 +66,7 @@ class TokenizerConfig:
     unk_policy: str = "byte_fallback"
 
     def __post_init__(self) -> None:
-        check(
-            self.kind in ("char", "word", "bpe", "unigram"),
-            f"tokenizer.kind must be one of char, word, bpe, unigram; got {self.kind!r}",
-        )
+        check_choice("tokenizer.kind", self.kind, TOKENIZER_KINDS)
         check(self.vocab_size >= 0, f"tokenizer.vocab_size must be >= 0, got {self.vocab_size}")
 
 
@@ -119,18 +117,12 @@ class TrainConfig:
     """torch intra-op threads (0 = torch's default)."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "seq_len", "grad_accum", "max_steps", "eval_every", "log_every"):
-            check(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
-        check(self.optimizer in ("adamw", "sgd"), f"train.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        check(
-            self.schedule in ("cosine", "linear", "constant", "plateau"),
-            f"train.schedule must be cosine, linear, constant or plateau; got {self.schedule!r}",
-        )
-        check(
-            self.precision in ("auto", "fp32", "bf16", "fp16"),
-            f"train.precision must be auto, fp32, bf16 or fp16; got {self.precision!r}",
-        )
-        check(self.on_nan in ("stop", "skip"), f"train.on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
+        names = ("batch_size", "seq_len", "grad_accum", "max_steps", "eval_every", "log_every")
+        check_at_least(self, "train", names)
+        check_choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
+        check_choice("train.schedule", self.schedule, ("cosine", "linear", "constant", "plateau"))
+        check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        check_choice("train.on_nan", self.on_nan, ("stop", "skip"))
         check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         check(self.batch_size % self.grad_accum == 0,
                f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum ({self.grad_accum})")

@@ -97,11 +97,13 @@ def test_help_imports_no_heavy_module() -> None:
 
 
 def test_public_surfaces_resolve() -> None:
-    """Every name ``lm`` and ``lm.models`` promise in ``__all__`` is importable from them."""
+    """Every name ``lm``, ``lm.models`` and ``tokenizer`` promise in ``__all__`` is importable
+    from them."""
     import lm
     import lm.models
+    import tokenizer
 
-    for package in (lm, lm.models):
+    for package in (lm, lm.models, tokenizer):
         missing = [n for n in package.__all__ if getattr(package, n, None) is None]
         assert not missing, f"{package.__name__} promises {missing}"
     assert lm.Pipeline.__module__ == "lm.pipeline" and lm.models.build_model.__module__ == "lm.models.factory"

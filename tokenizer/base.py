@@ -1,4 +1,4 @@
-"""The ``Tokenizer`` interface every kind implements, and the ``tokenizer.json`` meta file.
+"""The ``Tokenizer`` interface every kind implements and the special-token id layout.
 
 All kinds share one id layout for the special tokens (``<pad>`` = 0, ``<unk>`` = 1,
 ``<bos>`` = 2, ``<eos>`` = 3) so that models, data pipelines and decoders never need to ask
@@ -7,22 +7,16 @@ which kind of tokenizer they were given.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from tokenizer.errors import TokenizerError
-from tokenizer.io import DEFAULT_CHUNK_BYTES, PathLike, iter_text_chunks, write_atomic
+from tokenizer.io import DEFAULT_CHUNK_BYTES, PathLike, iter_text_chunks
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_PIECES: tuple[str, ...] = ("<pad>", "<unk>", "<bos>", "<eos>")
 """Special token strings, indexed by id."""
-
-META_FILE = "tokenizer.json"
-META_FORMAT = "lmforge-tokenizer"
-META_VERSION = 1
 
 
 class Tokenizer(ABC):
@@ -93,77 +87,3 @@ def check_ids(ids: Sequence[int], vocab_size: int) -> None:
         raise TokenizerError(
             f"token id {int(bad)} is out of range for vocabulary size {vocab_size}"
         )
-
-
-def write_meta(directory: PathLike, kind: str, vocab_size: int, **fields: Any) -> None:
-    """Write ``tokenizer.json``: the file ``load_tokenizer`` reads first to learn the kind."""
-    meta = {
-        "format": META_FORMAT,
-        "version": META_VERSION,
-        "kind": kind,
-        "vocab_size": vocab_size,
-        "special_tokens": {piece: i for i, piece in enumerate(SPECIAL_PIECES)},
-        **fields,
-    }
-    text = json.dumps(meta, ensure_ascii=False, indent=1) + "\n"
-    write_atomic(Path(directory) / META_FILE, text.encode("utf-8"))
-
-
-def read_meta(directory: PathLike) -> dict[str, Any]:
-    """Read and check ``tokenizer.json`` in ``directory``; every problem is a ``TokenizerError``
-    naming the file."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise TokenizerError(f"{directory}: tokenizer directory not found")
-    path = directory / META_FILE
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise TokenizerError(
-            f"{path}: missing (not a tokenizer directory, or an incomplete save)"
-        ) from None
-    except OSError as exc:
-        raise TokenizerError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TokenizerError(
-            f"{path}: corrupt (not valid UTF-8 at byte offset {exc.start})"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(
-            f"{path}: corrupt JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
-    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-        raise TokenizerError(
-            f'{path}: not an lmforge tokenizer file (expected "format": "{META_FORMAT}")'
-        )
-    version = meta.get("version")
-    if version != META_VERSION:
-        raise TokenizerError(
-            f"{path}: unsupported version {version!r} (this lmforge reads version {META_VERSION})"
-        )
-    specials = meta.get("special_tokens")
-    expected = {piece: i for i, piece in enumerate(SPECIAL_PIECES)}
-    if specials != expected:
-        raise TokenizerError(f"{path}: special_tokens must be {expected}, got {specials!r}")
-    require(meta, "kind", str, path)
-    require(meta, "vocab_size", int, path)
-    return meta
-
-
-def require(meta: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path) -> Any:
-    """``meta[key]`` if present with the right type, else a ``TokenizerError`` naming the field."""
-    if key not in meta:
-        raise TokenizerError(f"{path}: field {key!r} is missing")
-    value = meta[key]
-    # bool is an int subclass; a flag where a count belongs is corruption, not a count.
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise TokenizerError(f"{path}: field {key!r} must be {names}, got {value!r}")
-    return value
-
-
-def meta_path(directory: PathLike) -> Path:
-    """Path of the meta file inside ``directory`` (for error messages)."""
-    return Path(directory) / META_FILE

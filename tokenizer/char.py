@@ -12,30 +12,20 @@ by code point), so a capped vocabulary keeps the most useful ones and ids are de
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from typing import Self
 
 import numpy as np
 
+from tokenizer import meta
 from tokenizer.base import (
     SPECIAL_PIECES,
     UNK_ID,
     Tokenizer,
     check_ids,
-    meta_path,
-    read_meta,
-    require,
-    write_meta,
 )
 from tokenizer.errors import TokenizerError
-from tokenizer.io import (
-    DEFAULT_CHUNK_BYTES,
-    PathLike,
-    check_inputs,
-    empty_corpus_error,
-    iter_text_chunks,
-)
+from tokenizer.io import DEFAULT_CHUNK_BYTES, PathLike, count_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -136,32 +126,16 @@ class CharTokenizer(Tokenizer):
         return b"".join([pieces[i] for i in ids]).decode("utf-8", "replace")
 
     def save(self, directory: PathLike) -> None:
-        write_meta(
-            directory,
-            self.kind,
-            self.vocab_size,
-            unk_policy=self.unk_policy,
-            chars=list(self.chars),
-        )
+        meta.write(directory, self, unk_policy=self.unk_policy, chars=list(self.chars))
 
     @classmethod
     def load(cls, directory: PathLike) -> Self:
-        meta = read_meta(directory)
-        path = meta_path(directory)
-        if meta["kind"] != cls.kind:
-            raise TokenizerError(f"{path}: kind is {meta['kind']!r}, expected {cls.kind!r}")
-        chars = require(meta, "chars", list, path)
-        unk_policy = require(meta, "unk_policy", str, path)
-        try:
-            tokenizer = cls(chars, unk_policy)
-        except TokenizerError as exc:
-            raise TokenizerError(f"{path}: {exc}") from None
-        if tokenizer.vocab_size != meta["vocab_size"]:
-            raise TokenizerError(
-                f"{path}: vocab_size is {meta['vocab_size']} but the saved characters give "
-                f"{tokenizer.vocab_size}"
-            )
-        return tokenizer
+        saved, path = meta.read_of(directory, (cls.kind,))
+        chars = meta.require(saved, "chars", list, path)
+        unk_policy = meta.require(saved, "unk_policy", str, path)
+        return meta.rebuild(
+            saved, path, lambda: cls(chars, unk_policy), "the saved characters give {}"
+        )
 
     @classmethod
     def train(
@@ -195,15 +169,7 @@ class CharTokenizer(Tokenizer):
                     f"vocab_size {vocab_size} is too small for a char tokenizer with "
                     f"unk_policy={unk_policy!r}: {need}"
                 )
-        paths = check_inputs(inputs)
-        counts: Counter[str] = Counter()
-        for path in paths:
-            seen = 0
-            for chunk in iter_text_chunks(path, chunk_bytes):
-                counts.update(chunk)
-                seen += len(chunk)
-            if seen == 0:
-                raise empty_corpus_error(path, "characters")
+        counts = count_corpus(inputs, "characters", chunk_bytes=chunk_bytes)
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         keep = len(ranked) if not vocab_size else max(0, vocab_size - reserved)
         chars = [char for char, _ in ranked[:keep]]

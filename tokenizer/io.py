@@ -11,7 +11,8 @@ import codecs
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -105,6 +106,29 @@ def check_inputs(inputs: Sequence[PathLike] | PathLike) -> list[Path]:
 def empty_corpus_error(path: PathLike, what: str) -> TokenizerError:
     """The error for an input that has bytes but nothing a tokenizer can learn from."""
     return TokenizerError(f"{path}: empty corpus (no {what} to train on)")
+
+
+def count_corpus(
+    inputs: Sequence[PathLike],
+    what: str,
+    split: Callable[[str], Iterable[str]] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    filler: Collection[str] = (),
+) -> Counter[str]:
+    """How often each unit occurs in ``inputs``, streamed chunk by chunk: the units are
+    ``split(chunk)``, or the characters when ``split`` is None. Every input is checked before
+    the first is read, and an input with no units (``filler`` units, such as line-end markers,
+    do not count) is an empty-corpus error naming it and ``what`` was missing."""
+    paths = check_inputs(inputs)
+    counts: Counter[str] = Counter()
+    for path in paths:
+        in_file: Counter[str] = Counter()
+        for chunk in iter_text_chunks(path, chunk_bytes):
+            in_file.update(chunk if split is None else split(chunk))
+        if not any(n for unit, n in in_file.items() if unit not in filler):
+            raise empty_corpus_error(path, what)
+        counts.update(in_file)
+    return counts
 
 
 @contextlib.contextmanager

@@ -9,14 +9,14 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tokenizer.base import Tokenizer, meta_path, read_meta
+from tokenizer import meta
+from tokenizer.base import Tokenizer
 from tokenizer.char import CharTokenizer
 from tokenizer.errors import TokenizerError
 from tokenizer.io import PathLike
-from tokenizer.sentencepiece_tok import SENTENCEPIECE_KINDS, SentencePieceTokenizer
+from tokenizer.kinds import KINDS, SENTENCEPIECE_KINDS
+from tokenizer.sentencepiece_tok import SentencePieceTokenizer
 from tokenizer.word import WordTokenizer
-
-KINDS: tuple[str, ...] = ("char", "word", *SENTENCEPIECE_KINDS)
 
 
 def _trainer(kind: str) -> Callable[..., Tokenizer]:
@@ -79,7 +79,7 @@ def train_tokenizer(
 def load_tokenizer(directory: PathLike) -> Tokenizer:
     """Load the tokenizer saved in ``directory``, whatever its kind (read from
     ``tokenizer.json``). Missing, incomplete or corrupt files raise ``TokenizerError``."""
-    kind = read_meta(directory)["kind"]
+    kind = meta.read(directory)["kind"]
     if kind == "char":
         return CharTokenizer.load(directory)
     if kind == "word":
@@ -87,5 +87,5 @@ def load_tokenizer(directory: PathLike) -> Tokenizer:
     if kind in SENTENCEPIECE_KINDS:
         return SentencePieceTokenizer.load(directory)
     raise TokenizerError(
-        f"{meta_path(directory)}: unknown tokenizer kind {kind!r} (known: {', '.join(KINDS)})"
+        f"{meta.path_in(directory)}: unknown tokenizer kind {kind!r} (known: {', '.join(KINDS)})"
     )

@@ -23,6 +23,7 @@ from typing import Self
 
 import sentencepiece as spm
 
+from tokenizer import meta
 from tokenizer.base import (
     BOS_ID,
     EOS_ID,
@@ -31,11 +32,6 @@ from tokenizer.base import (
     UNK_ID,
     Tokenizer,
     check_ids,
-    meta_path,
-    read_meta,
-    require,
-    write_atomic,
-    write_meta,
 )
 from tokenizer.errors import TokenizerError
 from tokenizer.io import (
@@ -44,12 +40,19 @@ from tokenizer.io import (
     check_inputs,
     empty_corpus_error,
     iter_text_chunks,
+    write_atomic,
 )
+from tokenizer.kinds import SENTENCEPIECE_KINDS
 
 logger = logging.getLogger(__name__)
 
-SENTENCEPIECE_KINDS = ("bpe", "unigram")
 MODEL_FILE = "tokenizer.model"
+_SPECIAL_OPTIONS = {
+    f"{name}_{field}": value
+    for name, token_id in (("pad", PAD_ID), ("unk", UNK_ID), ("bos", BOS_ID), ("eos", EOS_ID))
+    for field, value in (("id", token_id), ("piece", SPECIAL_PIECES[token_id]))
+}
+"""The trainer options that put lmforge's four special tokens at their shared ids."""
 SPACE_MARKER = "\u2581"
 """sentencepiece's visible space; in input text it would come back as " "."""
 
@@ -144,18 +147,12 @@ class SentencePieceTokenizer(Tokenizer):
     def save(self, directory: PathLike) -> None:
         # The model first: a directory whose tokenizer.json exists is complete.
         write_atomic(Path(directory) / MODEL_FILE, self._proto)
-        write_meta(directory, self.kind, self.vocab_size, model_file=MODEL_FILE)
+        meta.write(directory, self, model_file=MODEL_FILE)
 
     @classmethod
     def load(cls, directory: PathLike) -> Self:
-        meta = read_meta(directory)
-        path = meta_path(directory)
-        kind = meta["kind"]
-        if kind not in SENTENCEPIECE_KINDS:
-            raise TokenizerError(
-                f"{path}: kind is {kind!r}, expected one of {', '.join(SENTENCEPIECE_KINDS)}"
-            )
-        model_name = require(meta, "model_file", str, path)
+        saved, path = meta.read_of(directory, SENTENCEPIECE_KINDS)
+        model_name = meta.require(saved, "model_file", str, path)
         model_path = Path(directory) / model_name
         if Path(model_name).name != model_name:
             raise TokenizerError(f"{path}: model_file must be a file name, got {model_name!r}")
@@ -167,16 +164,8 @@ class SentencePieceTokenizer(Tokenizer):
             ) from None
         except OSError as exc:
             raise TokenizerError(f"{model_path}: cannot read ({exc.strerror})") from None
-        try:
-            tokenizer = cls(proto, kind)
-        except TokenizerError as exc:
-            raise TokenizerError(f"{model_path}: {exc}") from None
-        if tokenizer.vocab_size != meta["vocab_size"]:
-            raise TokenizerError(
-                f"{path}: vocab_size is {meta['vocab_size']} but {model_path.name} has "
-                f"{tokenizer.vocab_size} pieces"
-            )
-        return tokenizer
+        pieces = model_path.name + " has {} pieces"
+        return meta.rebuild(saved, model_path, lambda: cls(proto, saved["kind"]), pieces)
 
     @classmethod
     def train(
@@ -227,14 +216,7 @@ class SentencePieceTokenizer(Tokenizer):
                 vocab_size=vocab_size,
                 character_coverage=character_coverage,
                 byte_fallback=True,
-                pad_id=PAD_ID,
-                unk_id=UNK_ID,
-                bos_id=BOS_ID,
-                eos_id=EOS_ID,
-                pad_piece=SPECIAL_PIECES[PAD_ID],
-                unk_piece=SPECIAL_PIECES[UNK_ID],
-                bos_piece=SPECIAL_PIECES[BOS_ID],
-                eos_piece=SPECIAL_PIECES[EOS_ID],
+                **_SPECIAL_OPTIONS,
                 user_defined_symbols=["\n"],
                 split_digits=split_digits,
                 normalization_rule_name="identity",

@@ -20,29 +20,26 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Self
 
+from tokenizer import meta
 from tokenizer.base import (
     EOS_ID,
     SPECIAL_PIECES,
     UNK_ID,
     Tokenizer,
     check_ids,
-    meta_path,
-    read_meta,
-    require,
-    write_meta,
 )
 from tokenizer.errors import TokenizerError
-from tokenizer.io import (
-    DEFAULT_CHUNK_BYTES,
-    PathLike,
-    check_inputs,
-    empty_corpus_error,
-    iter_text_chunks,
-)
+from tokenizer.io import DEFAULT_CHUNK_BYTES, PathLike, count_corpus
 
 logger = logging.getLogger(__name__)
 
 EOS_PIECE = SPECIAL_PIECES[EOS_ID]
+_SETTING_TYPES: dict[str, type | tuple[type, ...]] = {
+    "lowercase": bool,
+    "split_regex": (str, type(None)),
+    "eos_at_newline": bool,
+}
+"""The saved settings of a word tokenizer and the types ``tokenizer.json`` must hold them in."""
 
 
 def _compile(split_regex: str | None) -> re.Pattern[str] | None:
@@ -147,39 +144,20 @@ class WordTokenizer(Tokenizer):
             text = text.replace(" \n", "\n").replace("\n ", "\n")
         return text
 
+    @property
+    def settings(self) -> dict[str, bool | str | None]:
+        """The constructor's keyword arguments besides the words, as saved."""
+        return {key: getattr(self, key) for key in _SETTING_TYPES}
+
     def save(self, directory: PathLike) -> None:
-        write_meta(
-            directory,
-            self.kind,
-            self.vocab_size,
-            lowercase=self.lowercase,
-            split_regex=self.split_regex,
-            eos_at_newline=self.eos_at_newline,
-            words=list(self.words),
-        )
+        meta.write(directory, self, words=list(self.words), **self.settings)
 
     @classmethod
     def load(cls, directory: PathLike) -> Self:
-        meta = read_meta(directory)
-        path = meta_path(directory)
-        if meta["kind"] != cls.kind:
-            raise TokenizerError(f"{path}: kind is {meta['kind']!r}, expected {cls.kind!r}")
-        words = require(meta, "words", list, path)
-        lowercase = require(meta, "lowercase", bool, path)
-        split_regex = require(meta, "split_regex", (str, type(None)), path)
-        eos_at_newline = require(meta, "eos_at_newline", bool, path)
-        try:
-            tokenizer = cls(
-                words, lowercase=lowercase, split_regex=split_regex, eos_at_newline=eos_at_newline
-            )
-        except TokenizerError as exc:
-            raise TokenizerError(f"{path}: {exc}") from None
-        if tokenizer.vocab_size != meta["vocab_size"]:
-            raise TokenizerError(
-                f"{path}: vocab_size is {meta['vocab_size']} but the saved words give "
-                f"{tokenizer.vocab_size}"
-            )
-        return tokenizer
+        saved, path = meta.read_of(directory, (cls.kind,))
+        words = meta.require(saved, "words", list, path)
+        flags = {key: meta.require(saved, key, kind, path) for key, kind in _SETTING_TYPES.items()}
+        return meta.rebuild(saved, path, lambda: cls(words, **flags), "the saved words give {}")
 
     @classmethod
     def train(
@@ -214,16 +192,8 @@ class WordTokenizer(Tokenizer):
         if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
             raise TokenizerError(f"min_freq must be an integer >= 1, got {min_freq!r}")
         split = _splitter(lowercase, _compile(split_regex), eos_at_newline)
-        paths = check_inputs(inputs)
-        counts: Counter[str] = Counter()
-        for path in paths:
-            seen = 0
-            for chunk in iter_text_chunks(path, chunk_bytes):
-                words = split(chunk)
-                counts.update(words)
-                seen += len(words) - (words.count(EOS_PIECE) if eos_at_newline else 0)
-            if seen == 0:
-                raise empty_corpus_error(path, "words")
+        line_ends = (EOS_PIECE,) if eos_at_newline else ()
+        counts = count_corpus(inputs, "words", split, chunk_bytes, filler=line_ends)
         for piece in SPECIAL_PIECES:
             counts.pop(piece, None)
         ranked = sorted(

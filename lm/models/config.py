@@ -30,6 +30,23 @@ def check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_choice(key: str, value: object, choices: typing.Sequence[str]) -> None:
+    """``value`` is one of ``choices``, else a ``ConfigError`` listing them."""
+    check(value in choices, f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_at_least(config: object, table: str, names: typing.Iterable[str], low: int = 1) -> None:
+    """Each named field of ``config`` is ``>= low``."""
+    for name in names:
+        value = getattr(config, name)
+        check(value >= low, f"{table}.{name} must be >= {low}, got {value}")
+
+
+def check_fraction(key: str, value: float) -> None:
+    """``value`` is a fraction in ``[0, 1)`` (a dropout rate, a held-out share)."""
+    check(0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RNNConfig:
     """A recurrent LM: embedding -> stacked RNN/GRU/LSTM -> (projection) -> vocabulary."""
@@ -48,13 +65,10 @@ class RNNConfig:
 
     def __post_init__(self) -> None:
         check(self.family == "rnn", f"model.family must be 'rnn' for RNNConfig, got {self.family!r}")
-        check(self.cell in RNN_CELLS, f"model.cell must be one of {RNN_CELLS}, got {self.cell!r}")
-        check(self.vocab_size >= 1, f"model.vocab_size must be >= 1, got {self.vocab_size}")
-        for name in ("n_embd", "n_hidden", "n_layer"):
-            check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("dropout", "emb_dropout"):
-            v = getattr(self, name)
-            check(0.0 <= v < 1.0, f"model.{name} must be in [0, 1), got {v}")
+        check_choice("model.cell", self.cell, RNN_CELLS)
+        check_at_least(self, "model", ("vocab_size", "n_embd", "n_hidden", "n_layer"))
+        check_fraction("model.dropout", self.dropout)
+        check_fraction("model.emb_dropout", self.emb_dropout)
 
     @property
     def max_context(self) -> int | None:
@@ -81,20 +95,16 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         check(self.family == "transformer", f"model.family must be 'transformer', got {self.family!r}")
-        check(self.vocab_size >= 1, f"model.vocab_size must be >= 1, got {self.vocab_size}")
-        for name in ("block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
-            check(getattr(self, name) >= 1, f"model.{name} must be >= 1, got {getattr(self, name)}")
+        names = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio")
+        check_at_least(self, "model", names)
         check(
             self.n_embd % self.n_head == 0,
             f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})",
         )
-        check(
-            self.pos_emb in ("rope", "learned"),
-            f"model.pos_emb must be 'rope' or 'learned', got {self.pos_emb!r}",
-        )
+        check_choice("model.pos_emb", self.pos_emb, ("rope", "learned"))
         if self.pos_emb == "rope":
             check((self.n_embd // self.n_head) % 2 == 0, "RoPE needs an even head dimension")
-        check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        check_fraction("model.dropout", self.dropout)
 
     @property
     def max_context(self) -> int | None:
