@@ -41,14 +41,7 @@ def read(directory: PathLike) -> dict[str, Any]:
     if not directory.is_dir():
         raise TokenizerError(f"{directory}: tokenizer directory not found")
     path = directory / META_FILE
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise TokenizerError(
-            f"{path}: missing (not a tokenizer directory, or an incomplete save)"
-        ) from None
-    except OSError as exc:
-        raise TokenizerError(f"{path}: cannot read ({exc.strerror})") from None
+    raw = read_file(path, "not a tokenizer directory, or an incomplete save")
     try:
         meta = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -75,6 +68,17 @@ def read(directory: PathLike) -> dict[str, Any]:
     require(meta, "kind", str, path)
     require(meta, "vocab_size", int, path)
     return meta
+
+
+def read_file(path: Path, if_missing: str) -> bytes:
+    """The bytes of one of a tokenizer directory's files; a missing file is an error that says
+    ``if_missing`` (what its absence means), an unreadable one says why."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise TokenizerError(f"{path}: missing ({if_missing})") from None
+    except OSError as exc:
+        raise TokenizerError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def require(meta: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path) -> Any:

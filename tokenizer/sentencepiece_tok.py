@@ -156,14 +156,7 @@ class SentencePieceTokenizer(Tokenizer):
         model_path = Path(directory) / model_name
         if Path(model_name).name != model_name:
             raise TokenizerError(f"{path}: model_file must be a file name, got {model_name!r}")
-        try:
-            proto = model_path.read_bytes()
-        except FileNotFoundError:
-            raise TokenizerError(
-                f"{model_path}: missing (incomplete tokenizer directory)"
-            ) from None
-        except OSError as exc:
-            raise TokenizerError(f"{model_path}: cannot read ({exc.strerror})") from None
+        proto = meta.read_file(model_path, "incomplete tokenizer directory")
         pieces = model_path.name + " has {} pieces"
         return meta.rebuild(saved, model_path, lambda: cls(proto, saved["kind"]), pieces)
 

@@ -25,19 +25,41 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from lm.config import DataConfig
-from tokenizer import Tokenizer
+from lm.config import DataConfig, RunConfig
+from tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from tokenizer.io import atomic_writer
 
 log = logging.getLogger(__name__)
+
+
+def prepare_tokenizer(run: RunConfig, run_dir: Path, train_files: list[Path]) -> Tokenizer:
+    """The run's tokenizer: the one saved in ``run_dir/tokenizer`` (a resumed or repeated run),
+    else ``tokenizer.path``'s, else one trained on ``train_files``; saved into the run."""
+    tok_dir = run_dir / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file():
+        return load_tokenizer(tok_dir)
+    cfg = run.tokenizer
+    if cfg.path:
+        tok = load_tokenizer(cfg.path)
+    else:
+        options: dict[str, Any] = {}
+        if cfg.kind == "word":
+            options = {"min_freq": cfg.min_freq, "eos_at_newline": cfg.eos_at_newline}
+        elif cfg.kind == "char":
+            options = {"unk_policy": cfg.unk_policy}
+        tok = train_tokenizer(cfg.kind, [str(f) for f in train_files], cfg.vocab_size or None, **options)
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(tok_dir)
+    return load_tokenizer(tok_dir)
 
 
 class DataError(ValueError):
@@ -102,6 +124,40 @@ def _file_digest(files: list[Path], tokenizer_dir: Path, start: Sequence[int]) -
             h.update(f.name.encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:20]
+
+
+def load_splits(
+    cfg: DataConfig,
+    files: CorpusFiles,
+    tokenizer: Tokenizer,
+    run_dir: Path,
+    start: Sequence[int],
+    *,
+    is_main: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The run's train, validation and test token streams (test None when there is no test
+    split), memory-mapped from the cache. The main process tokenizes; the others wait at
+    ``barrier`` and open its files. With no validation files, the last ``valid_fraction`` of
+    the training stream is held out."""
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "data"
+    tok_dir = run_dir / "tokenizer"
+
+    def tokens_of(split: list[Path]) -> np.ndarray:
+        return tokenize_to_file(split, tokenizer, tok_dir, cache, start=start)
+
+    if is_main:
+        for split in (files.train, files.valid, files.test):
+            if split:
+                tokens_of(split)
+    barrier()
+    train = tokens_of(files.train)
+    if files.valid:
+        valid = tokens_of(files.valid)
+    else:
+        cut = int(len(train) * (1 - cfg.valid_fraction))
+        train, valid = train[:cut], train[cut:]
+    return train, valid, tokens_of(files.test) if files.test else None
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,44 @@ def shard_transformer(model: nn.Module) -> None:
     for block in blocks:
         fully_shard(block)
     fully_shard(model)
+
+
+def wrap_for_training(
+    model: nn.Module, fsdp: bool, precision: str, info: DistInfo, device: torch.device
+) -> tuple[bool, nn.Module]:
+    """Prepare ``model`` for this process group, before the optimizer sees its parameters:
+    shard a Transformer in place (``fsdp``), or wrap it in DDP, or leave it alone on one
+    process. Returns whether it is sharded and the module the training step calls."""
+    from lm.models import RNNLM
+    from lm.training.errors import TrainingError
+
+    if fsdp and isinstance(model, RNNLM):
+        raise TrainingError("train.fsdp shards Transformers; an RNN LM trains with DDP (set train.fsdp = false)")
+    if fsdp and precision == "fp16":
+        raise TrainingError("train.fsdp with fp16 is not supported (its loss scaling is per rank); use bf16")
+    if fsdp and not info.enabled:
+        log.info("train.fsdp: one process, nothing to shard; training unsharded")
+    if fsdp and info.enabled:
+        shard_transformer(model)
+        return True, model
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        return False, nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return False, model
+
+
+def gradient_sync(
+    model: nn.Module, train_model: nn.Module, info: DistInfo, sharded: bool, sync: bool
+) -> contextlib.AbstractContextManager:
+    """Skip the gradient all-reduce / reduce-scatter on all but the last accumulation step."""
+    if sync or not info.enabled:
+        if sharded:
+            model.set_requires_gradient_sync(True)  # type: ignore[operator]
+        return contextlib.nullcontext()
+    if sharded:
+        model.set_requires_gradient_sync(False)  # type: ignore[operator]
+        return contextlib.nullcontext()
+    return train_model.no_sync()  # type: ignore[operator]
 
 
 def _full_options(**kw: bool):  # noqa: ANN202

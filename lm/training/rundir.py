@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig, run_config_from_dict, to_dict
@@ -74,6 +74,19 @@ def load_run_dir_config(run_dir: str | Path, overrides: dict[str, Any] | None = 
     for table, values in (overrides or {}).items():
         data.setdefault(table, {}).update(values)
     return run_config_from_dict(data)
+
+
+def open_metrics(run_dir: Path, resume: bool, step: int) -> TextIO:
+    """``metrics.jsonl`` opened for appending: a fresh run starts it empty, a resumed one keeps
+    the records up to the step it resumes at (later ones belong to the abandoned future)."""
+    path = run_dir / METRICS_FILE
+    if resume and path.is_file():
+        lines = path.read_text().splitlines()
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(k + "\n" for k in kept))
+    elif not resume and path.exists():
+        path.unlink()
+    return open(path, "a", encoding="utf-8")  # noqa: SIM115 -- the training loop closes it
 
 
 def write_loss_plot(run_dir: Path) -> Path | None:

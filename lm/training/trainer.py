@@ -16,38 +16,30 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import signal
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_model
-from torch import nn
 from torch.distributed.tensor import DTensor
 
 from lm.checkpoint import (
-    LATEST_FILE,
-    CheckpointError,
     load_trainer_state,
     resolve_device,
-    save_checkpoint,
 )
 from lm.config import RunConfig, TrainConfig
 from lm.context import TextContext, trained_length
-from lm.losses import mean_nll, token_nll
+from lm.losses import mean_nll
 from lm.models import RNNLM, RNNState, build_model
 from lm.training.data import (
     RandomBatches,
     SequentialBatches,
-    eval_batches,
+    load_splits,
+    prepare_tokenizer,
     resolve_corpus,
-    tokenize_to_file,
 )
 from lm.training.distributed import (
     DistInfo,
@@ -56,87 +48,41 @@ from lm.training.distributed import (
     full_model_state,
     full_optimizer_state,
     gathered_rnn_state,
+    gradient_sync,
     init_distributed,
-    load_full_model_state,
-    load_full_optimizer_state,
-    shard_transformer,
+    wrap_for_training,
 )
 from lm.training.errors import TrainingError
+from lm.training.evaluation import mean_loss
 from lm.training.optim import build_optimizer, scheduled_lr
 from lm.training.precision import autocast_context, resolve_precision
+from lm.training.progress import ProgressLine
+from lm.training.resume import (
+    latest_checkpoint,
+    load_weights,
+    rank_rnn_state,
+    restore_optimizer,
+    restore_rng,
+    rng_state,
+    write_best,
+    write_step_checkpoint,
+)
 from lm.training.rundir import (
-    METRICS_FILE,
     RUN_CONFIG_FILE,
     check_tokenizer_unchanged,
     load_run_dir_config,
+    open_metrics,
     recover_run_dir,
     run_to_dict,
     write_loss_plot,
 )
-from lm.training.trainstate import TrainProgress
-from tokenizer import Tokenizer, load_tokenizer, train_tokenizer
-from tokenizer.io import write_atomic
+from lm.training.stopflag import StopFlag
+from lm.training.trainstate import TrainProgress, TrainResult
+from tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Trainer", "TrainResult", "TrainingError", "load_run_dir_config", "train", "write_loss_plot"]
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    tokens_seen: int
-    elapsed: float
-    best_val_loss: float
-    last_val_loss: float
-    test_loss: float | None = None
-    skipped_steps: int = 0
-    interrupted: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        if self.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
-
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def prepare_tokenizer(run: RunConfig, run_dir: Path, train_files: list[Path]) -> Tokenizer:
-    tok_dir = run_dir / "tokenizer"
-    if (tok_dir / "tokenizer.json").is_file():
-        return load_tokenizer(tok_dir)
-    cfg = run.tokenizer
-    if cfg.path:
-        tok = load_tokenizer(cfg.path)
-    else:
-        options: dict[str, Any] = {}
-        if cfg.kind == "word":
-            options = {"min_freq": cfg.min_freq, "eos_at_newline": cfg.eos_at_newline}
-        elif cfg.kind == "char":
-            options = {"unk_policy": cfg.unk_policy}
-        tok = train_tokenizer(cfg.kind, [str(f) for f in train_files], cfg.vocab_size or None, **options)
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    tok.save(tok_dir)
-    return load_tokenizer(tok_dir)
-
 
 class Trainer:
     """One training run; ``fit()`` trains until max_steps, max_time, patience or a signal."""
@@ -176,26 +122,10 @@ class Trainer:
         # What a text starts after, and the context trained: recorded in every checkpoint.
         self.context = TextContext.derive(self.tokenizer,
                                           trained_length(self.model_config.max_context, self.cfg.seq_len))
-        cache = Path(run.data.cache_dir) if run.data.cache_dir else self.run_dir / "data"
-        tok_dir = self.run_dir / "tokenizer"
-        start = self.context.start
-
-        def tokens_of(split: list[Path]) -> np.ndarray:
-            return tokenize_to_file(split, self.tokenizer, tok_dir, cache, start=start)
-
-        if self.dist.is_main:  # tokenize once; the other ranks then open the cached files
-            for split in (files.train, files.valid, files.test):
-                if split:
-                    tokens_of(split)
-        self._barrier()
-        train_tokens = tokens_of(files.train)
-        if files.valid:
-            self.valid_tokens = tokens_of(files.valid)
-        else:
-            cut = int(len(train_tokens) * (1 - run.data.valid_fraction))
-            train_tokens, self.valid_tokens = train_tokens[:cut], train_tokens[cut:]
-        self.test_tokens = tokens_of(files.test) if files.test else None
-        self.train_tokens = train_tokens
+        self.train_tokens, self.valid_tokens, self.test_tokens = load_splits(
+            run.data, files, self.tokenizer, self.run_dir, self.context.start,
+            is_main=self.dist.is_main, barrier=self._barrier,
+        )
 
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.model_config).to(self.device)
@@ -211,20 +141,8 @@ class Trainer:
         Batches = SequentialBatches if self.sequential else RandomBatches
         self.batches = Batches(self.train_tokens, self.cfg.batch_size, seq_len, self.cfg.seed,
                                rank=self.dist.rank, world_size=self.dist.world_size)
-        if self.cfg.fsdp and self.is_rnn:
-            raise TrainingError("train.fsdp shards Transformers; an RNN LM trains with DDP (set train.fsdp = false)")
-        if self.cfg.fsdp and self.precision == "fp16":
-            raise TrainingError("train.fsdp with fp16 is not supported (its loss scaling is per rank); use bf16")
-        self.sharded = self.cfg.fsdp and self.dist.enabled
-        if self.cfg.fsdp and not self.dist.enabled:
-            log.info("train.fsdp: one process, nothing to shard; training unsharded")
-        self.train_model: nn.Module = self.model
-        if self.sharded:
-            shard_transformer(self.model)  # in place, before the optimizer sees the parameters
-        elif self.dist.enabled:
-            self.train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        self.sharded, self.train_model = wrap_for_training(self.model, self.cfg.fsdp, self.precision,
+                                                           self.dist, self.device)
         self.optimizer = build_optimizer(self.model, self.cfg, fused=not self.sharded)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         if self.cfg.compile:
@@ -246,15 +164,7 @@ class Trainer:
             dist.barrier()
 
     def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
-        """Skip the gradient all-reduce / reduce-scatter on all but the last accumulation step."""
-        if sync or not self.dist.enabled:
-            if self.sharded:
-                self.model.set_requires_gradient_sync(True)  # type: ignore[operator]
-            return contextlib.nullcontext()
-        if self.sharded:
-            self.model.set_requires_gradient_sync(False)  # type: ignore[operator]
-            return contextlib.nullcontext()
-        return self.train_model.no_sync()  # type: ignore[operator]
+        return gradient_sync(self.model, self.train_model, self.dist, self.sharded, sync)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.precision, self.device)
@@ -277,6 +187,7 @@ class Trainer:
         lr = scheduled_lr(cfg, self.progress.step, self._progress(), self.progress.plateau_scale, self.progress.decay_start or 0.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.last_lr = lr
         self.train_model.train()
         x, y, reset = self.batches.batch(self.progress.step)
         if reset or not self.sequential:
@@ -328,25 +239,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
         self.progress.tokens_seen += cfg.batch_size * x.shape[1]
-        self.last_lr = lr
         return loss_value
 
     # ----------------------------------------------------------------------------- evaluation
-    @torch.inference_mode()
     def evaluate(self, tokens: np.ndarray, max_batches: int = 0) -> float:
         """Mean NLL per token over ``tokens`` (state carried for RNNs)."""
-        self.model.eval()
-        batches = eval_batches(tokens, min(self.cfg.batch_size, 32), self.cfg.seq_len)
-        n = batches.steps_per_epoch if not max_batches else min(max_batches, batches.steps_per_epoch)
-        total, count, state = 0.0, 0, None
-        for i in range(n):
-            x, y, _ = batches.batch(i)
-            x, y = x.to(self.device), y.to(self.device)
-            with self._autocast():
-                logits, state = self.model(x, state if self.is_rnn else None, use_cache=False)
-            total += float(token_nll(logits, y).sum())
-            count += y.numel()
-        return total / max(count, 1)
+        return mean_loss(self.model, tokens, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
+                         device=self.device, autocast=self._autocast, carry_state=self.is_rnn,
+                         max_batches=max_batches, progress=self.dist.is_main and self.cfg.progress)
 
     # ----------------------------------------------------------------------------- checkpoints
     def _training_meta(self) -> dict[str, Any]:
@@ -376,90 +276,35 @@ class Trainer:
             "world_size": self.dist.world_size,
             "optimizer": optimizer_state,
             "scaler": self.scaler.state_dict(),
-            "rng_torch": torch.get_rng_state(),
+            **rng_state(self.device),
         }
-        if self.device.type == "cuda":
-            trainer_state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if rnn is not None:
             trainer_state["rnn_state"] = rnn
-        name = f"step-{self.progress.step:08d}"
-        try:
-            path = save_checkpoint(self.run_dir / name, self.model, self.tokenizer, training=self._training_meta(),
-                                   trainer_state=trainer_state, state_dict=weights, context=self.context)
-            write_atomic(self.run_dir / LATEST_FILE, name + "\n")
-        except OSError as exc:
-            previous = (self.run_dir / LATEST_FILE).read_text().strip() if (self.run_dir / LATEST_FILE).is_file() else None
-            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-            raise TrainingError(
-                f"could not save the checkpoint for step {self.progress.step} to {self.run_dir / name}: "
-                f"{exc.strerror or exc}; {kept}"
-            ) from None
-        for old in self.run_dir.glob("step-*"):
-            if old.name != name and old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-        return path
+        return write_step_checkpoint(self.run_dir, self.progress.step, self.model, self.tokenizer, self.context,
+                                     training=self._training_meta(), trainer_state=trainer_state, weights=weights)
 
     def _load_resume_state(self) -> None:
-        latest = self.run_dir / LATEST_FILE
-        if not latest.is_file():
-            raise CheckpointError(f"{self.run_dir}: nothing to resume (no {LATEST_FILE} pointer)")
-        directory = self.run_dir / latest.read_text().strip()
+        directory = latest_checkpoint(self.run_dir)
         self._load_weights(directory)
         st = load_trainer_state(directory)
-        saved = st["optimizer"]
-        for group, mine in zip(saved["param_groups"], self.optimizer.param_groups, strict=True):
-            # the kernel choice is this run's (sharded parameters cannot use fused), before loading
-            group.update({k: mine[k] for k in ("fused", "foreach") if k in mine})
-        if all(isinstance(i, int) for g in saved["param_groups"] for i in g["params"]):
-            # written before optimizer states were keyed by parameter name
-            if self.sharded:
-                raise TrainingError(f"{directory}: this checkpoint's optimizer state predates FSDP support; "
-                                    "resume it once without train.fsdp, then with it")
-            self.optimizer.load_state_dict(saved)
-        else:
-            load_full_optimizer_state(self.model, self.optimizer, saved)
+        restore_optimizer(self.optimizer, self.model, st["optimizer"], sharded=self.sharded, directory=directory)
         self.scaler.load_state_dict(st["scaler"])
-        torch.set_rng_state(st["rng_torch"])
-        if "rng_cuda" in st and self.device.type == "cuda":
-            torch.cuda.set_rng_state(st["rng_cuda"], self.device)
+        restore_rng(st, self.device)
         self.progress = TrainProgress.from_state(st, warmup_steps=self.cfg.warmup_steps,
                                                  max_steps=self.cfg.max_steps)
         if "rnn_state" in st:
-            per = self.cfg.batch_size // self.dist.world_size
-            rows = torch.arange(self.dist.rank * per, (self.dist.rank + 1) * per)
-            h = st["rnn_state"]["h"]
-            c = st["rnn_state"].get("c")
-            self.rnn_state = RNNState(h.to(self.device), None if c is None else c.to(self.device)).select(rows.to(self.device))
+            self.rnn_state = rank_rnn_state(st["rnn_state"], self.cfg.batch_size, self.dist, self.device)
         log.info("resumed %s at step %d", directory, self.progress.step)
 
     def _load_weights(self, directory: Path) -> None:
-        """Load a checkpoint's weights into the (possibly sharded) training model."""
-        path = str(directory / "model.safetensors")
-        if not self.sharded:
-            load_model(self.model, path, strict=True)
-            return
-        full = build_model(self.model_config)  # resolves tied weights, then shards into place
-        load_model(full, path, strict=True)
-        load_full_model_state(self.model, full.state_dict())
-
-    # ----------------------------------------------------------------------------- metrics
-    def _open_metrics(self):  # noqa: ANN202
-        path = self.run_dir / METRICS_FILE
-        if self.resume and path.is_file():  # drop records past the resumed step
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.progress.step]
-            path.write_text("".join(k + "\n" for k in kept))
-        elif not self.resume and path.exists():
-            path.unlink()
-        return open(path, "a", encoding="utf-8")
+        load_weights(self.model, self.model_config, directory, sharded=self.sharded)
 
     # ----------------------------------------------------------------------------- the loop
     def fit(self, until_step: int | None = None) -> TrainResult:
         """Train to the end of the schedule, or pause at ``until_step`` (checkpoint saved, resumable)."""
-        from tqdm.auto import tqdm
-
         cfg = self.cfg
         main = self.dist.is_main
-        metrics = self._open_metrics() if main else None
+        metrics = open_metrics(self.run_dir, self.resume, self.progress.step) if main else None
         history: list[dict[str, Any]] = []
 
         def record(rec: dict[str, Any]) -> None:
@@ -468,32 +313,20 @@ class Trainer:
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
 
-        bar = tqdm(total=cfg.max_steps, initial=self.progress.step, disable=not (main and cfg.progress),
-                   dynamic_ncols=True, desc="train")
+        line = ProgressLine(max_steps=cfg.max_steps, start_step=self.progress.step, max_time=cfg.max_time,
+                            threads=torch.get_num_threads(), enabled=main and cfg.progress)
         interrupted: str | None = None
-        window_tokens, window_start = 0, time.perf_counter()
-        losses: list[float] = []
         try:
-            with _StopFlag() as stop:
+            with StopFlag() as stop:
                 while not self._finished():
                     t0 = time.perf_counter()
                     loss = self.train_step()
                     self.progress.elapsed += time.perf_counter() - t0
-                    bar.update(1)
-                    if loss is not None:
-                        losses.append(loss)
-                        window_tokens += cfg.batch_size * cfg.seq_len
-                    if self.progress.step % cfg.log_every == 0 and losses:
-                        now = time.perf_counter()
-                        tps = window_tokens / max(now - window_start, 1e-9)
-                        mean = sum(losses) / len(losses)
-                        record({"step": self.progress.step, "loss": round(mean, 5), "lr": self.last_lr,
-                                "tokens_per_s": round(tps, 1), "elapsed_s": round(self.progress.elapsed, 2)})
-                        if cfg.max_time:  # the run ends at whichever limit comes first: size the bar to it
-                            bar.total = max(self.progress.step, round(self.progress.step / max(self._progress(), 1e-9)))
-                        bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}",
-                                        lr=f"{self.last_lr:.2e}", tok_s=f"{tps:,.0f}")
-                        losses, window_tokens, window_start = [], 0, now
+                    line.step(self.progress.step, loss, cfg.batch_size * cfg.seq_len, self.progress.elapsed)
+                    if self.progress.step % cfg.log_every == 0:
+                        rec = line.report(self.progress.step, self.last_lr, self.progress.elapsed)
+                        if rec is not None:
+                            record(rec)
                     stop_now, self.progress.elapsed = agree_stop(self.dist, self.device, stop.signum is not None,
                                                                  self.progress.elapsed)
                     paused = until_step is not None and self.progress.step >= until_step
@@ -516,7 +349,7 @@ class Trainer:
                     if done:
                         break
         finally:
-            bar.close()
+            line.close()
         test_loss = None
         if interrupted is None and self.test_tokens is not None and (main or self.sharded):
             best_dir = self.run_dir / "best"  # every rank reads it: sharded models load collectively
@@ -543,14 +376,8 @@ class Trainer:
             self.progress.evals_since_best = 0
             weights = full_model_state(self.model) if self.sharded else None
             if self.dist.is_main:
-                try:
-                    save_checkpoint(self.run_dir / "best", self.model, self.tokenizer, training=self._training_meta(),
-                                    state_dict=weights, context=self.context)
-                except OSError as exc:
-                    raise TrainingError(
-                        f"could not save the best checkpoint at step {self.progress.step} to {self.run_dir / 'best'}: "
-                        f"{exc.strerror or exc}; the previous best/ is intact"
-                    ) from None
+                write_best(self.run_dir, self.progress.step, self.model, self.tokenizer, self.context,
+                           training=self._training_meta(), weights=weights)
         else:
             self.progress.evals_since_best += 1
             if self.cfg.schedule == "plateau" and self.progress.step >= self.cfg.warmup_steps:

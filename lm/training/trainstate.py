@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -52,3 +53,19 @@ class TrainProgress:
         elif progress.step >= warmup_steps:
             progress.decay_start = min(1.0, warmup_steps / max_steps)
         return progress
+
+
+@dataclass
+class TrainResult:
+    """What ``fit`` returns: where the run is, how far it got, its losses and its history."""
+
+    run_dir: Path
+    steps: int
+    tokens_seen: int
+    elapsed: float
+    best_val_loss: float
+    last_val_loss: float
+    test_loss: float | None = None
+    skipped_steps: int = 0
+    interrupted: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
