@@ -129,7 +129,7 @@ def ours_transformer(n_layer: int, n_head: int, n_embd: int, block_size: int = C
     torch.manual_seed(0)
     cfg = TransformerConfig(vocab_size=VOCAB, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                             pos_emb="learned", bias=True)
-    return prepare_for_inference(build_model(cfg).to(dtype))
+    return prepare_for_inference(build_model(cfg).to(dtype), in_place=True)
 
 
 def hf_gpt2(n_layer: int, n_head: int, n_embd: int, n_positions: int = CONTEXT,
@@ -260,7 +260,7 @@ def main() -> None:
     print()
     torch.manual_seed(0)
     lstm = prepare_for_inference(build_model(RNNConfig(vocab_size=VOCAB, cell="lstm", n_embd=200, n_hidden=200,
-                                                        n_layer=2)))
+                                                        n_layer=2)), in_place=True)
     for mode, (batch, kw) in MODES.items():
         [t] = best_times([ours_decode(lstm, tok, batch, kw, new)], repeats)
         row("lstm 2x200", mode, batch * new / t, None)

@@ -16,7 +16,6 @@ the better default.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from collections.abc import Callable
@@ -79,7 +78,7 @@ def main() -> None:
             cols = [layer.weight.detach().t().contiguous().t() for layer in layers]
             packed = [PackedLinear(layer) for layer in layers]  # every matrix, whatever its size
             # what prepare_for_inference makes of each (fp32: column-major; packed if big enough)
-            ours = linears(prepare_for_inference(copy.deepcopy(model)))
+            ours = linears(prepare_for_inference(model))
             for rows in (int(r) for r in args.rows.split(",")):
                 xs = [torch.randn(rows, layer.in_features, dtype=dtype) for layer in layers]
                 reps = max(3, args.repeats // 4) if rows >= 256 else args.repeats

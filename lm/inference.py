@@ -18,14 +18,22 @@ These rules were measured in whole models, not on one matrix alone: a lone matri
 cache, a model's weights mostly do not.
 
 This is PyTorch's own machinery (``torch.ops.mkldnn._reorder_linear_weight`` and
-``_linear_pointwise``, what ``torch.compile`` emits for a frozen CPU model), used eagerly. Where
+``_linear_pointwise``, what ``torch.compile`` emits for a frozen CPU model), used eagerly. Those
+ops are private, so every touch of them (and of the weight's version counter) is in the
+"private PyTorch API" block below, behind a self-check: on first use ``packing_works`` packs a
+small matrix and compares the product with ``F.linear``; if an op is missing, raises or
+disagrees (a PyTorch release changed it), packing is off for the process, a warning says why,
+and every layer stays a plain ``nn.Linear`` -- slower, never wrong. ``tests/test_inference.py``
+fails loudly on x86-64 when that happens, so an upgrade cannot lose the speed silently. Where
 oneDNN is absent, on another device or on a CPU other than x86-64 (not measured),
 ``prepare_for_inference`` leaves the layers as they are.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import logging
 import platform
 
 import torch
@@ -56,16 +64,63 @@ PACK_BATCH_HINT = 8
 every row count."""
 
 
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- private PyTorch API
+# The only place lmforge calls PyTorch's private oneDNN ops; see packing_works.
+
+_PRIVATE_OPS = ("_reorder_linear_weight", "_linear_pointwise", "_is_mkldnn_bf16_supported")
+
+
+def _reorder(weight: Tensor) -> Tensor:
+    """``weight`` ([out, in]) reordered into oneDNN's blocked layout for a few-row product."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_BATCH_HINT)
+
+
+def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """``x @ W.T + bias`` with ``W`` reordered by ``_reorder``."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _bf16_native() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _weight_key(weight: Tensor) -> tuple[int, int]:
+    """What identifies the values a reordered copy was made from: the storage and its in-place
+    modification counter. Inference tensors have no counter: a weight created under
+    ``torch.inference_mode`` and changed in place there is not noticed (call ``repack``)."""
+    return weight.data_ptr(), (-1 if weight.is_inference() else weight._version)
+
+
 @functools.cache
-def _has_packed_ops() -> bool:
-    """Whether this PyTorch build has the oneDNN prepacking ops (checked once, on first use)."""
+def packing_works() -> bool:
+    """Whether this PyTorch's private oneDNN ops exist and compute ``F.linear`` (checked once,
+    on a small fp32 matrix at 1 and 3 rows, with and without bias). False with a warning naming
+    what broke, so a PyTorch upgrade that changes them costs speed, not correctness."""
     try:
-        return all(callable(getattr(torch.ops.mkldnn, op)) for op in
-                   ("_reorder_linear_weight", "_linear_pointwise", "_is_mkldnn_bf16_supported"))
-    except (AttributeError, RuntimeError):  # an older or differently built PyTorch
+        missing = [op for op in _PRIVATE_OPS if not callable(getattr(torch.ops.mkldnn, op, None))]
+        if missing:
+            raise RuntimeError(f"torch.ops.mkldnn has no {', '.join(missing)}")
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(24, 16, generator=generator)
+        bias = torch.randn(24, generator=generator)
+        with torch.no_grad():
+            packed = _reorder(weight)
+            for rows in (1, 3):
+                x = torch.randn(rows, 16, generator=generator)
+                for b in (bias, None):
+                    if not torch.allclose(packed_linear(x, packed, b), F.linear(x, weight, b),
+                                          atol=1e-4, rtol=1e-4):
+                        raise RuntimeError(f"_linear_pointwise disagrees with F.linear at {rows} rows")
+    except Exception as exc:  # noqa: BLE001 -- any failure of a private op means: do not use it
+        log.warning("oneDNN weight packing is off (PyTorch %s changed its private ops: %s); "
+                    "decoding runs on PyTorch's default kernels", torch.__version__, exc)
         return False
+    return True
 
 
+# ----------------------------------------------------------------------------- the packing rules
 def worth_packing(weight: Tensor) -> bool:
     """Whether ``prepare_for_inference`` makes a ``PackedLinear`` of a layer with ``weight``."""
     return packing_supported(weight) and (
@@ -77,12 +132,17 @@ def packing_supported(weight: Tensor) -> bool:
     """True when oneDNN can take ``weight``'s products here: an x86-64 CPU (where it was
     measured; elsewhere PyTorch's default kernels stay), oneDNN built in, and fp32 or bf16 (bf16
     only where the CPU has native bf16 instructions)."""
-    if (weight.device.type != "cpu" or platform.machine().lower() not in X86_64
-            or not torch.backends.mkldnn.is_available() or not _has_packed_ops()):
+    if not platform_packs() or weight.device.type != "cpu" or not packing_works():
         return False
     if weight.dtype == torch.float32:
         return True
-    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return weight.dtype == torch.bfloat16 and _bf16_native()
+
+
+def platform_packs() -> bool:
+    """Whether this machine is one the packing rules were measured on: an x86-64 CPU with a
+    PyTorch built with oneDNN (where ``packing_works`` is expected to hold)."""
+    return platform.machine().lower() in X86_64 and torch.backends.mkldnn.is_available()
 
 
 class PackedLinear(nn.Linear):
@@ -118,7 +178,7 @@ class PackedLinear(nn.Linear):
             self._packed = None
             return
         with torch.no_grad():
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_BATCH_HINT)
+            self._packed = _reorder(weight)
         out_features, in_features = weight.shape
         fp32 = weight.dtype == torch.float32
         self._row_to_mkl = fp32 and (
@@ -129,7 +189,7 @@ class PackedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         params = self._parameters
         weight, bias = params["weight"], params["bias"]
-        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or not torch._C._get_mkldnn_enabled():
+        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.enabled:
             return F.linear(x, weight, bias)
         if _weight_key(weight) != self._packed_key:  # changed or replaced since packing
             self.repack()
@@ -153,20 +213,10 @@ class PackedLinear(nn.Linear):
         return f"{super().extra_repr()}, packed={self._packed is not None}"
 
 
-def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
-    """``x @ W.T + bias`` with ``W`` reordered by ``torch.ops.mkldnn._reorder_linear_weight``."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
-def _weight_key(weight: Tensor) -> tuple[int, int]:
-    """What identifies the values a reordered copy was made from: the storage and its in-place
-    modification counter. Inference tensors have no counter: a weight created under
-    ``torch.inference_mode`` and changed in place there is not noticed (call ``repack``)."""
-    return weight.data_ptr(), (-1 if weight.is_inference() else weight._version)
-
-
-def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """Put ``model`` in eval mode with its ``nn.Linear`` layers ready for fast inference.
+def prepare_for_inference(model: nn.Module, *, in_place: bool = False) -> nn.Module:
+    """A copy of ``model`` in eval mode with its ``nn.Linear`` layers ready for fast inference;
+    ``model`` itself is left as it was (trainable, savable) unless ``in_place`` allows preparing
+    it directly, which saves the copy's memory when the caller is done with the original.
 
     On CPU each bf16 ``nn.Linear``, and each fp32 one of at least ``PACK_MIN_BYTES``, becomes a
     ``PackedLinear`` (see the module docstring). fp32 weights are also stored column-major:
@@ -178,6 +228,8 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     inference only: safetensors refuses non-contiguous tensors, so save a model before preparing
     it, not after.
     """
+    if not in_place:
+        model = copy.deepcopy(model)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear) and module.weight.is_contiguous() and (

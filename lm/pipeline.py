@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ class Pipeline:
                  device: torch.device | None = None, context: TextContext | None = None,
                  owned: bool = False) -> None:
         self.name = name
-        self.model = prepare_for_inference(model if owned else copy.deepcopy(model))
+        self.model = prepare_for_inference(model, in_place=owned)
         self.tokenizer = tokenizer
         self.config = config
         self.context = context or TextContext.derive(tokenizer, getattr(model, "max_context", None))

@@ -12,11 +12,19 @@ import lm.inference as inference
 from lm.config import TransformerConfig
 from lm.decoding.generate import generate
 from lm.decoding.params import GenerationParams
-from lm.inference import PackedLinear, packing_supported, prepare_for_inference
+from lm.inference import (
+    PackedLinear,
+    packing_supported,
+    packing_works,
+    platform_packs,
+    prepare_for_inference,
+)
 from lm.models import build_model
 from tokenizer import CharTokenizer
 
-pytestmark = pytest.mark.skipif(not packing_supported(torch.ones(1)), reason="PyTorch built without oneDNN")
+pytestmark = pytest.mark.skipif(not platform_packs(), reason="not an x86-64 CPU with oneDNN")
+"""Skipped only where packing was never meant to run: on x86-64 with oneDNN a PyTorch whose
+private ops changed fails ``test_private_ops_work`` and every test that expects packing."""
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
 
@@ -48,6 +56,49 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
 
     monkeypatch.setattr(inference, "packed_linear", record)
     return calls
+
+
+def test_private_ops_work() -> None:
+    """On the CPUs the packing rules were measured on, PyTorch's private oneDNN ops exist and
+    compute ``F.linear``. If this fails after a PyTorch upgrade, lmforge still decodes correctly
+    (packing turns itself off) but slower: update the private-API block of ``lm/inference.py``."""
+    assert packing_works(), "torch.ops.mkldnn's linear prepacking changed: see the warning logged"
+    assert packing_supported(torch.ones(1))
+
+
+def test_a_broken_private_op_turns_packing_off_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def changed(x, packed, bias):  # noqa: ANN001, ANN202 -- a release that changed the op
+        raise RuntimeError("_linear_pointwise() got an unexpected argument")
+
+    monkeypatch.setattr(inference, "packed_linear", changed)
+    inference.packing_works.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="lm.inference"):
+            assert not packing_works()
+        assert "packing is off" in caplog.text and "unexpected argument" in caplog.text
+        model = tiny_transformer()
+        prepared = prepare_for_inference(model)
+        assert not any(isinstance(m, PackedLinear) for m in prepared.modules())
+        x = torch.randint(0, 40, (2, 6))
+        with torch.inference_mode():
+            assert torch.allclose(prepared(x)[0], model.eval()(x)[0], atol=1e-5)
+    finally:
+        monkeypatch.undo()
+        inference.packing_works.cache_clear()
+
+
+def test_prepare_leaves_the_given_model_alone(pack_all: None) -> None:
+    model = tiny_transformer().train()
+    before = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+    prepared = prepare_for_inference(model)
+    assert prepared is not model and model.training and not prepared.training
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert all(torch.equal(v, before[k][0]) and v.stride() == before[k][1] for k, v in model.state_dict().items())
+    assert any(isinstance(m, PackedLinear) for m in prepared.modules())
+    assert prepare_for_inference(model, in_place=True) is model
+    assert any(isinstance(m, PackedLinear) for m in model.modules())
 
 
 @pytest.mark.parametrize("dtype", dtypes())
@@ -94,7 +145,7 @@ def test_prepare_swaps_linears_keeps_ties_and_state() -> None:
     torch.manual_seed(0)
     model = build_model(TransformerConfig(vocab_size=1000, block_size=16, n_layer=2, n_head=2, n_embd=256))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    prepare_for_inference(model)
+    model = prepare_for_inference(model)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     big = [m.weight.numel() * 4 >= inference.PACK_MIN_BYTES for m in linears]
     assert any(big) and not all(big)

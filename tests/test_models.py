@@ -141,7 +141,7 @@ def test_prepare_for_inference_changes_layout_not_values(dtype: torch.dtype) -> 
     with torch.inference_mode():
         ref, _ = model.eval()(x)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    prepare_for_inference(model)
+    model = prepare_for_inference(model)
     assert all(torch.equal(v, before[k]) and v.shape == before[k].shape for k, v in model.state_dict().items())
     assert model.lm_head.weight is model.wte.weight  # still tied
     # fp32 weights become column-major on CPU; bf16 ones keep PyTorch's row-major layout
