@@ -65,7 +65,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from lm.training.data import DataError
     from tokenizer import TokenizerError
 
-    return ConfigError, CheckpointError, TokenizerError, ParamError, DataError, FileNotFoundError
+    return ConfigError, CheckpointError, TokenizerError, ParamError, DataError
+
+
+FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+"""Errors about a path the user named: said as ``PATH: reason`` in one line."""
+
+
+def describe(exc: BaseException) -> str:
+    """The one line a user error is reported in (an OS error as ``path: reason``)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,12 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except user_errors() as exc:
-        print(f"lmforge {args.command}: error: {exc}", file=sys.stderr)
+    except (*user_errors(), *FILE_ERRORS) as exc:
+        print(f"lmforge {args.command}: error: {describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lmforge {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`lmforge generate ... | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again, and exit
+        # as Python's documentation recommends (SIGPIPE handling, status 1).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

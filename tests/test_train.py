@@ -244,3 +244,39 @@ def test_train_progress_round_trips_and_reads_old_checkpoints() -> None:
     old = {k: v for k, v in p.to_state().items() if k != "decay_start"}
     assert TrainProgress.from_state(old, warmup_steps=5, max_steps=100).decay_start == 0.05
     assert TrainProgress.from_state(old, warmup_steps=50, max_steps=100).decay_start is None
+
+
+def test_resume_refuses_what_it_would_silently_ignore_or_change(
+    small_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--resume`` continues a run as it was started: ``--config`` and ``--set`` on its data,
+    tokenizer or model are errors, not ignored or applied behind the user's back; a finished
+    run says there is nothing to do and how to extend it; train.* settings may change."""
+    cfg = tmp_path / "run.toml"
+    run_dir = tmp_path / "run"
+    cfg.write_text(
+        f'[data]\ntrain = ["{small_corpus}"]\nvalid_fraction = 0.1\n[tokenizer]\nkind = "char"\n'
+        '[model]\nfamily = "rnn"\ncell = "lstm"\nn_embd = 16\nn_hidden = 16\n'
+        f'[train]\nout_dir = "{run_dir}"\nbatch_size = 4\nseq_len = 8\nmax_steps = 4\neval_every = 2\n'
+        "progress = false\n"
+    )
+    assert main(["train", "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    recorded = (run_dir / "run_config.json").read_text()
+
+    assert main(["train", "--resume", str(run_dir), "--config", str(cfg)]) == 2
+    assert "--config cannot change it" in capsys.readouterr().err
+    other = tmp_path / "other.txt"
+    other.write_text("something else entirely\n" * 50)
+    for override in (f"data.train={other}", "model.n_hidden=32", "tokenizer.kind=word", "train.out_dir=x"):
+        assert main(["train", "--resume", str(run_dir), "--set", override]) == 2
+        err = capsys.readouterr().err
+        assert f"--resume cannot change {override.split('=')[0]}" in err and err.count("\n") == 1
+    assert (run_dir / "run_config.json").read_text() == recorded  # nothing rewritten
+
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "step 4 of train.max_steps = 4" in err
+    assert f"--resume {run_dir} --set train.max_steps=8" in err
+    assert main(["train", "--resume", str(run_dir), "--set", "train.max_steps=6"]) == 0
+    assert "done: 6 steps" in capsys.readouterr().out

@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
 from lm.dtypes import WEIGHT_DTYPES
 
@@ -37,9 +36,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _read(name: str) -> str:
-    if name == "-":
-        return sys.stdin.read()
-    return Path(name).read_text(encoding="utf-8")
+    """The text of ``name`` (``-``: standard input); a missing file or bytes that are not UTF-8
+    are a ``TokenizerError`` naming the input and the byte offset."""
+    from tokenizer import TokenizerError
+    from tokenizer.io import iter_text_chunks
+
+    if name != "-":
+        return "".join(iter_text_chunks(name))
+    raw = sys.stdin.buffer.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenizerError(f"standard input: not valid UTF-8 at byte offset {exc.start}") from None
+
+
+def _json_number(value: float) -> float | None:
+    """JSON has no NaN or infinity: an undefined figure (no tokens to average) is null."""
+    return value if math.isfinite(value) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,12 +86,14 @@ def run(args: argparse.Namespace) -> int:
         "tokens": tokens, "characters": chars, "nll": nll,
         "nll_per_token": nll / tokens if tokens else float("nan"),
         "perplexity": perplexity(nll, tokens),
-        "bits_per_char": nll / math.log(2) / chars if chars else 0.0,
+        "bits_per_char": nll / math.log(2) / chars if chars else float("nan"),
     }
     if args.json:
-        doc = {"model": pipe.name, "stride": args.stride, "total": total,
-               "texts": [{"input": label, **vars(r)} for label, r in zip(labels, results, strict=True)]}
-        print(json.dumps(doc, indent=2))
+        texts = [{"input": label, **vars(r)} for label, r in zip(labels, results, strict=True)]
+        for figures in (total, *texts):
+            figures.update({k: _json_number(v) for k, v in figures.items() if isinstance(v, float)})
+        doc = {"model": pipe.name, "stride": args.stride, "total": total, "texts": texts}
+        print(json.dumps(doc, indent=2, allow_nan=False))
         return 0
     width = max(12, *(len(label) for label in labels))
     print(f"{'input':<{width}} {'tokens':>10} {'chars':>10} {'nll/token':>10} {'perplexity':>12} {'bits/char':>10}")

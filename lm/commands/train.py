@@ -26,11 +26,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+RESUMABLE = ("train",)
+"""The config tables ``--resume --set`` may change; the others define the run."""
+
+
 def run(args: argparse.Namespace) -> int:
+    from lm.training.rundir import RUN_CONFIG_FILE
     from lm.training.trainer import TrainingError, load_run_dir_config, train
 
     if args.resume:
+        if args.config:
+            raise ConfigError(f"--resume continues {args.resume} with the config it was started with "
+                              f"(its {RUN_CONFIG_FILE}); --config cannot change it. Leave out --config, "
+                              "or start a new run with --config alone")
         overrides = apply_overrides({}, args.overrides)
+        fixed = sorted(f"{table}.{key}" for table, values in overrides.items() if table not in RESUMABLE
+                       for key in values) + [f"train.{key}" for key in overrides.get("train", {})
+                                             if key == "out_dir"]
+        if fixed:
+            raise ConfigError(f"--resume cannot change {', '.join(fixed)}: a run's data, tokenizer, model "
+                              "and directory are fixed when it starts (only train.* settings, such as "
+                              "train.max_steps or train.lr, can change); start a new run for the rest")
         config = load_run_dir_config(args.resume, overrides)
         if config.train.out_dir != args.resume:
             from dataclasses import replace

@@ -30,7 +30,7 @@ from lm.checkpoint import (
     load_trainer_state,
     resolve_device,
 )
-from lm.config import RunConfig, TrainConfig
+from lm.config import ConfigError, RunConfig, TrainConfig
 from lm.context import TextContext, trained_length
 from lm.losses import mean_nll
 from lm.models import RNNLM, RNNState, build_model
@@ -152,6 +152,10 @@ class Trainer:
         self.rnn_state: RNNState | None = None
         if resume:
             self._load_resume_state()
+            if self._finished():
+                budget, more = self.progress.spent(self.cfg.max_steps, self.cfg.max_time)
+                raise ConfigError(f"nothing to resume: {self.run_dir} already finished its budget ({budget}); "
+                                  f"to train further: lmforge train --resume {self.run_dir} --set {more}")
 
     @property
     def step(self) -> int:
@@ -170,13 +174,10 @@ class Trainer:
         return autocast_context(self.precision, self.device)
 
     def _progress(self) -> float:
-        p = self.progress.step / self.cfg.max_steps
-        if self.cfg.max_time:
-            p = max(p, self.progress.elapsed / self.cfg.max_time)
-        return p
+        return self.progress.fraction(self.cfg.max_steps, self.cfg.max_time)
 
     def _finished(self) -> bool:
-        return self.progress.step >= self.cfg.max_steps or bool(self.cfg.max_time and self.progress.elapsed >= self.cfg.max_time)
+        return self.progress.finished(self.cfg.max_steps, self.cfg.max_time)
 
     # ----------------------------------------------------------------------------- one step
     def train_step(self) -> float | None:

@@ -30,6 +30,20 @@ class TrainProgress:
     skipped: int = 0
     """Steps skipped for a non-finite loss (``train.on_nan = "skip"``)."""
 
+    def fraction(self, max_steps: int, max_time: float) -> float:
+        """How far through its budget the run is: steps, or time when ``max_time`` runs out first."""
+        done = self.step / max_steps
+        return max(done, self.elapsed / max_time) if max_time else done
+
+    def finished(self, max_steps: int, max_time: float) -> bool:
+        return self.step >= max_steps or bool(max_time and self.elapsed >= max_time)
+
+    def spent(self, max_steps: int, max_time: float) -> tuple[str, str]:
+        """For a finished run: which budget ended it, and the ``--set`` that would extend it."""
+        if self.step >= max_steps:
+            return f"step {self.step} of train.max_steps = {max_steps}", f"train.max_steps={max_steps * 2}"
+        return f"{self.elapsed:.0f} s of train.max_time = {max_time:g} s", f"train.max_time={max_time * 2:g}"
+
     def to_state(self) -> dict[str, Any]:
         """The counters as checkpoint fields (``decay_start`` -1.0 while warming up: torch's
         weights-only loader keeps plain numbers)."""
