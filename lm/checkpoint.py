@@ -25,6 +25,7 @@ from torch import nn
 
 from lm.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
 from lm.context import ContextError, TextContext, trained_length
+from lm.example import Example, ExampleError
 from lm.models import build_model
 from tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from tokenizer.io import fsync_dir
@@ -61,8 +62,11 @@ def save_checkpoint(
     dtype: torch.dtype | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
     context: TextContext | None = None,
+    example: Example | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, fsync, rename).
+
+    ``example`` is the prompt and decoding settings the playground opens with (``lm.example``).
 
     ``context`` records what a text starts from and the context length the model was trained
     on (``lm.context``); without it, the trainer's rule is applied to the tokenizer and the
@@ -90,6 +94,8 @@ def save_checkpoint(
             "context": context.to_dict(tokenizer),
             "training": training or {},
         }
+        if example is not None:
+            meta["example"] = example.to_dict()
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         to_save = model
         if dtype is not None or state_dict is not None:
@@ -152,7 +158,7 @@ def read_config(directory: Path) -> tuple[ModelConfig, dict[str, Any]]:
         raise CheckpointError(f"{cfg_path}: not an lmforge checkpoint config (format must be {FORMAT!r})")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{cfg_path}: unsupported version {meta.get('version')!r} (this lmforge reads {VERSION})")
-    unknown = sorted(set(meta) - {"format", "version", "model", "tokenizer", "context", "training"})
+    unknown = sorted(set(meta) - {"format", "version", "model", "tokenizer", "context", "training", "example"})
     if unknown:
         raise CheckpointError(f"{cfg_path}: unknown field(s) {', '.join(unknown)}")
     try:
@@ -197,6 +203,17 @@ def load_checkpoint(
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
     return model, tok, config
+
+
+def read_example(directory: str | os.PathLike[str]) -> Example | None:
+    """The checkpoint's example prompt and settings (``lm.example``); None if it has none."""
+    _, meta = read_config(Path(directory))
+    if "example" not in meta:
+        return None
+    try:
+        return Example.from_dict(meta["example"])
+    except ExampleError as exc:
+        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: {exc}") from None
 
 
 def read_context(directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> TextContext:

@@ -10,13 +10,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lm.checkpoint import load_checkpoint, read_context, resolve_checkpoint_dir
+from lm.checkpoint import (
+    CONFIG_FILE,
+    CheckpointError,
+    load_checkpoint,
+    read_context,
+    read_example,
+    resolve_checkpoint_dir,
+)
 from lm.config import ModelConfig
 from lm.context import TextContext
 from lm.decoding.engine import DecodeSession
 from lm.decoding.generate import generate
-from lm.decoding.params import Completion, Event, GenerationParams
+from lm.decoding.params import Completion, Event, GenerationParams, ParamError
 from lm.dtypes import torch_dtype
+from lm.example import Example
 from lm.inference import prepare_for_inference
 from lm.models import model_device
 from lm.score import ScoreJob, ScoreResult, score_results, score_texts
@@ -36,13 +44,15 @@ class Pipeline:
 
     def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, *, name: str = "model",
                  device: torch.device | None = None, context: TextContext | None = None,
-                 owned: bool = False) -> None:
+                 owned: bool = False, example: Example | None = None) -> None:
         self.name = name
         self.model = prepare_for_inference(model, in_place=owned)
         self.tokenizer = tokenizer
         self.config = config
         self.context = context or TextContext.derive(tokenizer, getattr(model, "max_context", None))
         """What texts start from and the context length to use (``lm.context``)."""
+        self.example = example
+        """The prompt and settings that show the model at its best (``lm.example``), if known."""
         self.device = device if device is not None else model_device(model)
 
     @classmethod
@@ -58,7 +68,13 @@ class Pipeline:
         context = read_context(directory, tokenizer)
         name = name or Path(path).resolve().name
         log.info("loaded %s (%s, %s) from %s", name, config.family, dtype or torch.float32, directory)
-        return cls(model, tokenizer, config, name=name, context=context, owned=True)
+        example = read_example(directory)
+        if example is not None:
+            try:
+                GenerationParams(**example.params)
+            except (ParamError, TypeError) as exc:
+                raise CheckpointError(f"{directory / CONFIG_FILE}: example params: {exc}") from None
+        return cls(model, tokenizer, config, name=name, context=context, owned=True, example=example)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         load_checkpoint,
         read_config,
         read_context,
+        read_example,
         resolve_checkpoint_dir,
         save_checkpoint,
     )
@@ -37,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
     training["exported_from"] = str(src)
     training["weights_dtype"] = args.dtype
     out = save_checkpoint(args.dest, model, tok, training=training, dtype=torch_dtype(args.dtype),
-                          context=read_context(src, tok))
+                          context=read_context(src, tok), example=read_example(src))
     print(f"exported {src} -> {out} ({args.dtype})")
     return 0

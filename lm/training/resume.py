@@ -15,6 +15,7 @@ from torch import nn
 
 from lm.checkpoint import LATEST_FILE, CheckpointError, save_checkpoint
 from lm.context import TextContext
+from lm.example import Example
 from lm.models import RNNState, build_model
 from lm.models.config import ModelConfig
 from lm.training.distributed import DistInfo, load_full_model_state, load_full_optimizer_state
@@ -33,12 +34,13 @@ def write_step_checkpoint(
     training: dict[str, Any],
     trainer_state: dict[str, Any],
     weights: dict[str, torch.Tensor] | None,
+    example: Example | None = None,
 ) -> Path:
     """Write ``step-NNNNNNNN/``, point ``latest`` at it, and drop every other step checkpoint."""
     name = f"step-{step:08d}"
     try:
-        path = save_checkpoint(run_dir / name, model, tokenizer, training=training,
-                               trainer_state=trainer_state, state_dict=weights, context=context)
+        path = save_checkpoint(run_dir / name, model, tokenizer, training=training, trainer_state=trainer_state,
+                               state_dict=weights, context=context, example=example)
         write_atomic(run_dir / LATEST_FILE, name + "\n")
     except OSError as exc:
         latest = run_dir / LATEST_FILE
@@ -63,11 +65,12 @@ def write_best(
     *,
     training: dict[str, Any],
     weights: dict[str, torch.Tensor] | None,
+    example: Example | None = None,
 ) -> Path:
     """Replace ``best/`` (weights only) with the model as it is at ``step``."""
     try:
         return save_checkpoint(run_dir / "best", model, tokenizer, training=training,
-                               state_dict=weights, context=context)
+                               state_dict=weights, context=context, example=example)
     except OSError as exc:
         raise TrainingError(
             f"could not save the best checkpoint at step {step} to {run_dir / 'best'}: "

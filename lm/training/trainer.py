@@ -32,6 +32,7 @@ from lm.checkpoint import (
 )
 from lm.config import ConfigError, RunConfig, TrainConfig
 from lm.context import TextContext, trained_length
+from lm.example import from_stream
 from lm.losses import mean_nll
 from lm.models import RNNLM, RNNState, build_model
 from lm.training.data import (
@@ -126,6 +127,7 @@ class Trainer:
             run.data, files, self.tokenizer, self.run_dir, self.context.start,
             is_main=self.dist.is_main, barrier=self._barrier,
         )
+        self.example = from_stream(self.tokenizer, self.valid_tokens)  # the playground's first prompt
 
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.model_config).to(self.device)
@@ -282,11 +284,12 @@ class Trainer:
         if rnn is not None:
             trainer_state["rnn_state"] = rnn
         return write_step_checkpoint(self.run_dir, self.progress.step, self.model, self.tokenizer, self.context,
-                                     training=self._training_meta(), trainer_state=trainer_state, weights=weights)
+                                     training=self._training_meta(), trainer_state=trainer_state, weights=weights,
+                                     example=self.example)
 
     def _load_resume_state(self) -> None:
         directory = latest_checkpoint(self.run_dir)
-        self._load_weights(directory)
+        load_weights(self.model, self.model_config, directory, sharded=self.sharded)
         st = load_trainer_state(directory)
         restore_optimizer(self.optimizer, self.model, st["optimizer"], sharded=self.sharded, directory=directory)
         self.scaler.load_state_dict(st["scaler"])
@@ -296,9 +299,6 @@ class Trainer:
         if "rnn_state" in st:
             self.rnn_state = rank_rnn_state(st["rnn_state"], self.cfg.batch_size, self.dist, self.device)
         log.info("resumed %s at step %d", directory, self.progress.step)
-
-    def _load_weights(self, directory: Path) -> None:
-        load_weights(self.model, self.model_config, directory, sharded=self.sharded)
 
     # ----------------------------------------------------------------------------- the loop
     def fit(self, until_step: int | None = None) -> TrainResult:
@@ -356,7 +356,7 @@ class Trainer:
             best_dir = self.run_dir / "best"  # every rank reads it: sharded models load collectively
             has_best = best_dir.is_dir()
             if agree(self.dist, self.device, float(has_best)) if self.sharded else has_best:
-                self._load_weights(best_dir)
+                load_weights(self.model, self.model_config, best_dir, sharded=self.sharded)
             test_loss = self.evaluate(self.test_tokens)
             record({"step": self.progress.step, "test_loss": round(test_loss, 5), "test_ppl": round(math.exp(test_loss), 3)})
         if metrics is not None:
@@ -378,7 +378,7 @@ class Trainer:
             weights = full_model_state(self.model) if self.sharded else None
             if self.dist.is_main:
                 write_best(self.run_dir, self.progress.step, self.model, self.tokenizer, self.context,
-                           training=self._training_meta(), weights=weights)
+                           training=self._training_meta(), weights=weights, example=self.example)
         else:
             self.progress.evals_since_best += 1
             if self.cfg.schedule == "plateau" and self.progress.step >= self.cfg.warmup_steps:
