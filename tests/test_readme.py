@@ -30,6 +30,10 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one() -> None:
     assert serve.endswith("lmforge serve")
     ci = (REPO / ".ci" / "run").read_text()
     assert tests in ci.splitlines()
+    # true on a machine that sees only the public index: torch from PyTorch's CPU wheel index,
+    # first, so `pip install -e .` finds it and does not resolve the CUDA build
+    cpu_torch = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu && "
+    assert serve.startswith(cpu_torch) and tests.startswith(cpu_torch)
 
 
 def lmforge_commands() -> list[str]:
