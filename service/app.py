@@ -9,23 +9,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from service.deps import authenticate, require_api_key
 from service.errors import install_error_handlers
 from service.generation import ClientGone
 from service.metrics import Metrics
-from service.middleware import (
-    PUBLIC_PATHS,
-    AuthMiddleware,
-    BodyLimitMiddleware,
-    RequestContextMiddleware,
-)
+from service.middleware import DeclaredBodyLimit, RequestContextMiddleware
 from service.registry import ModelRegistry
-from service.routes import completions, generate, health, models, perplexity, playground
+from service.routes import completions, docs, generate, health, models, perplexity, playground
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,23 +33,6 @@ Every error has the body `{"error": {"message", "type", "param", "code"}}`; `par
 field at fault. With `LMFORGE_API_KEY` set, every route but `/health` and the playground page
 (`GET /`, which asks for the key itself) needs `Authorization: Bearer <key>`.
 """
-
-
-def document_auth(app: FastAPI) -> None:
-    """Declare the bearer scheme in the OpenAPI schema: generated clients and fuzzers then send it."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = build()
-        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
-            "type": "http", "scheme": "bearer", "description": "the server's LMFORGE_API_KEY",
-        }
-        for path, operations in schema["paths"].items():
-            for operation in operations.values():
-                operation["security"] = [] if path in PUBLIC_PATHS else [{"bearer": []}]
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -82,26 +60,32 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # service.routes.docs serves them, behind the key
         redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
-    install_error_handlers(app)
+    keyed = settings.api_key is not None
+    install_error_handlers(app, gate=authenticate if keyed else None)
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, exc: ClientGone) -> Response:
         request.state.log["disconnected"] = True
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
-    for module in (generate, completions, perplexity, models, health, playground):
-        app.include_router(module.router)
+    # With a key, every router but the public ones (service.deps.PUBLIC_PATHS) requires it; the
+    # dependency also puts the bearer scheme and each operation's `security` into the OpenAPI schema.
+    private = [Depends(require_api_key)] if keyed else []
+    for router, dependencies in (
+        (generate.router, private), (completions.router, private), (perplexity.router, private),
+        (models.router, private), (health.router, private), (docs.router, private),
+        (health.public, []), (playground.router, []),
+    ):
+        app.include_router(router, dependencies=dependencies, max_body_size=settings.max_body_bytes)
 
-    if settings.api_key is not None:
-        document_auth(app)
-    # Added innermost first: context (outermost) -> auth -> body limit -> routes.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, metrics=metrics)
-    if settings.api_key is not None:
-        app.add_middleware(AuthMiddleware, api_key=settings.api_key.get_secret_value(), metrics=metrics)
+    # Added innermost first: context (outermost) -> declared body size -> routes.
+    app.add_middleware(DeclaredBodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -1,14 +1,61 @@
-"""Dependencies shared by the routes: the model registry and model lookup."""
+"""Dependencies shared by the routes: the API key, the model registry and model lookup."""
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import APIError
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings, get_settings
+
+PUBLIC_PATHS = frozenset({"/health", "/"})
+"""Reachable without the API key: liveness, so orchestrators can probe it, and the playground page
+(``/``), which holds no data and asks the visitor for the key it then sends with its API calls.
+The docs and the OpenAPI schema need the key too (fetch ``/openapi.json`` with the header).
+``service.app`` includes the routers of these paths without ``require_api_key``."""
+
+bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="the server's LMFORGE_API_KEY")
+"""The scheme as OpenAPI declares it (``components.securitySchemes.bearer``): every operation that
+depends on it gets ``security: [{"bearer": []}]``, so generated clients and fuzzers send the key."""
+
+
+def check_api_key(request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """Refuse (401) a request without the right key, when the server has one.
+
+    The scheme must be written ``Bearer`` as documented (``bearer`` or ``Basic`` is refused) and the
+    key is compared in constant time (``hmac.compare_digest``), so response timing does not leak it.
+    Headers are never logged, so neither is the key.
+    """
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    if credentials is not None and credentials.scheme == "Bearer" and hmac.compare_digest(
+        credentials.credentials.encode("latin-1"), key.get_secret_value().encode()
+    ):
+        return
+    request.app.state.metrics.rejected.labels("unauthorized").inc()
+    given = request.headers.get("authorization")
+    message = "invalid API key" if given else "missing API key (send Authorization: Bearer <key>)"
+    raise APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def require_api_key(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """The dependency every router but the public ones is included with (when a key is set)."""
+    check_api_key(request, credentials)
+
+
+async def authenticate(request: Request) -> None:
+    """``require_api_key`` outside a route: for the errors raised before a route's dependencies run
+    (no such route, wrong method, an unreadable body), so that a request without the key learns no
+    more than a 401 from them. Public paths pass."""
+    if request.url.path not in PUBLIC_PATHS:
+        check_api_key(request, await bearer(request))
 
 
 def get_registry(request: Request) -> ModelRegistry:

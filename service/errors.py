@@ -8,6 +8,7 @@ Starlette's 404/405 for unknown routes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -116,6 +117,18 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None, st
     return (f"{param}: {msg}" if param else msg) + more, param, kind
 
 
+def body_too_large(limit: int) -> APIError:
+    """The 413 for a body over ``max_body_bytes`` (declared or counted while it streams in)."""
+    return APIError(413, f"request body is larger than the limit of {limit} bytes (max_body_bytes)",
+                    code="body_too_large", headers={"Connection": "close"})
+
+
+Gate = Callable[[Request], Awaitable[None]]
+"""Awaited before the errors FastAPI raises ahead of a route's dependencies; raises an ``APIError``
+to answer with that instead (``service.deps.authenticate``: no route or bad JSON without the key is
+a 401, as every other request without it)."""
+
+
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return error_response(exc)
 
@@ -127,6 +140,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own HTTP errors (404, 405, 400, the body limit's 413) in our shape."""
+    if exc.status_code == 413:  # FastAPI's max_body_size: the body grew past the limit while read
+        request.app.state.metrics.rejected.labels("body_too_large").inc()
+        return error_response(body_too_large(request.app.state.settings.max_body_bytes))
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 404:
         message = f"no route {request.url.path}"
@@ -142,10 +159,26 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(500, "internal server error", code="internal_error"), status_code=500)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def _gated(handler: Callable[[Request, Any], Awaitable[JSONResponse]], gate: Gate) -> Callable[..., Any]:
+    async def gated(request: Request, exc: Any) -> JSONResponse:
+        try:
+            await gate(request)
+        except APIError as refused:
+            return error_response(refused)
+        return await handler(request, exc)
+
+    return gated
+
+
+def install_error_handlers(app: FastAPI, *, gate: Gate | None = None) -> None:
+    """Every failure in the one shape; with ``gate``, it is asked first about the failures that
+    come before a route's dependencies (unknown route or method, a body that does not parse)."""
+    http_error, validation_error = _http_error, _validation_error
+    if gate is not None:
+        http_error, validation_error = _gated(_http_error, gate), _gated(_validation_error, gate)
     app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, _unhandled)
 
 
@@ -164,3 +197,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     504: _response("request timed out"),
 }
 """The error responses every model route documents (OpenAPI and schema-based fuzzing rely on it)."""
+
+JSON_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": r["description"],
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    for status, r in ERROR_RESPONSES.items()
+}
+"""``ERROR_RESPONSES`` for a route whose response class is not JSON (``EventSourceResponse``):
+FastAPI documents a response ``model`` under the route's own media type, but errors are JSON
+whatever the route streams. (``ErrorBody`` is in the schema's components through the routes that
+use ``ERROR_RESPONSES``.)"""

@@ -10,13 +10,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.sse import EventSourceResponse, ServerSentEvent, format_sse_event
 
 from lm.decoding.params import Completion, FinishEvent, GenerationParams, ParamError, TokenEvent
 from lm.decoding.streaming import token_pieces
@@ -207,7 +207,9 @@ async def events_until_done(
     """Stream a submission's events; stop (and cancel decoding) when the client disconnects.
 
     Starlette also cancels a streaming response on disconnect; the explicit check covers ASGI
-    servers that do not, and ``finally`` covers both.
+    servers that do not, and ``finally`` covers both. A stream that never started (the client
+    left before its first event) runs no ``finally``: the route's dependency that submitted the
+    work cancels it then (``owned``).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.request_timeout_s
@@ -231,27 +233,49 @@ async def events_until_done(
         submission.cancel()
 
 
-class EventStreamResponse(StreamingResponse):
-    """An SSE response that cancels its submission however the response ends.
+@contextmanager
+def owned(submission: Submission) -> Iterator[Submission]:
+    """Hold ``submission`` for a route, and cancel it however the response ends.
 
-    The stream's own ``finally`` does not run when the client leaves before the first event
-    (the generator was never started), so the response cancels on its way out too.
+    A route's dependency with ``yield`` submits the work and yields inside this: FastAPI finishes
+    such a dependency after the response is over (sent, abandoned by the client, or cut by
+    shutdown), in a shielded scope, so the submission is cancelled even when the event stream
+    never started and its own ``finally`` never ran. Cancelling a finished submission does
+    nothing. (The work is submitted in the dependency, before the response starts, so a full
+    queue or a stopped worker is a 429/503 JSON response, not an in-band event.)
+    """
+    try:
+        yield submission
+    finally:
+        submission.cancel()
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+"""What FastAPI sends with an ``EventSourceResponse`` route's stream, for the one route
+(``/v1/completions``) that returns its stream itself."""
+
+
+def event_stream(events: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
+    """A stream returned by a route that answers JSON or SSE depending on the request.
+
+    FastAPI encodes ``ServerSentEvent`` items itself only for a path operation that is an async
+    generator with ``response_class=EventSourceResponse`` (``/v1/generate/stream``); a route that
+    may also answer a plain JSON body cannot be one, so its events are encoded here with FastAPI's
+    ``format_sse_event``, into the same wire format.
     """
 
-    def __init__(self, content: AsyncIterator[str], submission: Submission) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.submission = submission
+    async def encoded() -> AsyncIterator[bytes]:
+        async for e in events:
+            yield format_sse_event(data_str=e.raw_data, event=e.event)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.submission.cancel()
+    return EventSourceResponse(encoded(), headers=SSE_HEADERS)
 
 
-def sse_event_schema(events: list[str] | None, data: str) -> dict[str, Any]:
-    """OpenAPI schema of one Server-Sent Event (before OpenAPI 3.2, ``schema`` describes an event)."""
+def sse_content(events: list[str] | None, data: str) -> dict[str, Any]:
+    """The ``content`` of a stream's 200 response in OpenAPI: the schema of one event as
+    ``itemSchema``, as FastAPI writes it for an ``EventSourceResponse`` route (OpenAPI 3.2's
+    keyword; a ``schema`` beside it would describe the whole stream). FastAPI's own item schema is
+    generic; this one is merged into it, adding our event names and what ``data`` holds."""
     schema: dict[str, Any] = {
         "type": "object",
         "required": ["data"],
@@ -259,17 +283,17 @@ def sse_event_schema(events: list[str] | None, data: str) -> dict[str, Any]:
     }
     if events:
         schema["properties"]["event"] = {"type": "string", "enum": events}
-    return schema
+    return {"text/event-stream": {"itemSchema": schema}}
 
 
-def sse(data: Any, event: str | None = None) -> str:
-    """One Server-Sent Event (``data`` as JSON unless it is already a string)."""
+def sse(data: Any, event: str | None = None) -> ServerSentEvent:
+    """One Server-Sent Event: ``data`` as JSON (non-ASCII as is), or a string sent as it is
+    (``[DONE]``). Sent as ``raw_data`` so FastAPI does not serialize it a second time."""
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {payload}\n\n"
+    return ServerSentEvent(raw_data=payload, event=event)
 
 
-def sse_error(exc: BaseException, settings: Settings, event: str | None = "error") -> str:
+def sse_error(exc: BaseException, settings: Settings, event: str | None = "error") -> ServerSentEvent:
     """An error after the 200 headers went out can only be reported in-band."""
     err = as_api_error(exc, settings)
     return sse(error_body(err.status, err.message, err.param, err.code), event=event)

@@ -1,32 +1,27 @@
-"""Pure ASGI middlewares: request context (id, metrics, one log line), auth, body size.
+"""Pure ASGI middlewares: request context (id, metrics, one log line) and the declared body size.
 
 Pure ASGI rather than ``BaseHTTPMiddleware`` so that streamed responses pass through untouched
-and the latency covers the last byte of an SSE stream, not just its headers.
+and the latency covers the last byte of an SSE stream, not just its headers. The API key is a
+dependency (``service.deps.require_api_key``); the body limit is FastAPI's (``service.app``).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
 import time
 import uuid
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
+from service.errors import body_too_large, error_response
 from service.metrics import Metrics
 
 access_log = logging.getLogger("lmforge.access")
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-PUBLIC_PATHS = frozenset({"/health", "/"})
-"""Reachable without the API key: liveness, so orchestrators can probe it, and the playground page
-(``/``), which holds no data and asks the visitor for the key it then sends with its API calls.
-The docs and the OpenAPI schema need the key too (fetch ``/openapi.json`` with the header)."""
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -34,18 +29,6 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
-
-
-async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
 
 
 def route_label(scope: Scope) -> str:
@@ -112,38 +95,17 @@ class RequestContextMiddleware:
             access_log.info(json.dumps(line, ensure_ascii=False, default=str))
 
 
-class AuthMiddleware:
-    """Require ``Authorization: Bearer <key>`` on every path but ``PUBLIC_PATHS``.
+class DeclaredBodyLimit:
+    """Answer 413 in our error shape, before routing, when Content-Length is over ``max_bytes``.
 
-    Runs before the body is read, so an unauthenticated client costs no parsing. The comparison
-    is constant-time (``hmac.compare_digest``) so response timing does not leak the key.
-    """
-
-    def __init__(self, app: ASGIApp, api_key: str, metrics: Metrics) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
-            await self.app(scope, receive, send)
-            return
-        given = _header(scope, b"authorization") or b""
-        if hmac.compare_digest(given, self.expected):
-            await self.app(scope, receive, send)
-            return
-        self.metrics.rejected.labels("unauthorized").inc()
-        message = "missing API key (send Authorization: Bearer <key>)" if not given else "invalid API key"
-        await _send_json(
-            send, 401, error_body(401, message, code="invalid_api_key"), [(b"www-authenticate", b"Bearer")]
-        )
-
-
-class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413, by Content-Length and while streaming in.
-
-    The body is read here (it is small by construction) and replayed to the app; a chunked
-    upload without Content-Length is cut off as soon as it crosses the limit.
+    The routers carry FastAPI's own limit (``include_router(max_body_size=...)``), which counts a
+    body as it streams in and raises a 413 ``HTTPException`` that ``service.errors`` renders as
+    ours. A *declared* length over the limit it handles differently: Starlette's limiter then
+    replaces whatever response the app starts with its own plain-text "Content Too Large", so that
+    case is answered here, before any limiter sees the request. (That is also why the limit is set
+    on the routers and not as ``FastAPI(max_body_size=...)``: the app-wide limiter wraps the
+    middlewares too, and would replace this answer as well.) Like the library's limit, it applies
+    to every method.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
@@ -151,48 +113,10 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
         self.metrics = metrics
 
-    async def _too_large(self, send: Send) -> None:
-        self.metrics.rejected.labels("body_too_large").inc()
-        message = f"request body is larger than the limit of {self.max_bytes} bytes (max_body_bytes)"
-        await _send_json(send, 413, error_body(413, message, code="body_too_large"), [(b"connection", b"close")])
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
+        length = _header(scope, b"content-length") if scope["type"] == "http" else None
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            self.metrics.rejected.labels("body_too_large").inc()
+            await error_response(body_too_large(self.max_bytes))(scope, receive, send)
             return
-        length = _header(scope, b"content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                declared = -1
-            if declared < 0:
-                await _send_json(send, 400, error_body(400, "invalid Content-Length", code="bad_request"), [])
-                return
-            if declared > self.max_bytes:
-                await self._too_large(send)
-                return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > self.max_bytes:
-                await self._too_large(send)
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, receive, send)

@@ -1,7 +1,10 @@
 """Which models the server holds: discovery, loading, and lookup by name.
 
-A model is a subdirectory of the checkpoints directory that holds ``config.json``; its name is
-the directory name. Names from requests are only ever looked up in the dict of loaded models,
+A model is a checkpoint (a directory holding ``config.json``) or a training run directory
+(``lmforge train``'s ``out_dir``: served from its ``best/``, else the checkpoint ``latest`` points
+at) -- the checkpoints directory itself or one of its subdirectories. Its name is the directory's
+name, the run's for a run directory (``--checkpoints runs`` serves ``runs/ptb-word`` as
+``ptb-word``, never as ``best`` or ``step-00000121``). Names from requests are only ever looked up in the dict of loaded models,
 never joined into a path, so no request can reach outside the checkpoints directory. A
 checkpoint that fails to load is logged and skipped: one bad directory does not take the others
 down.
@@ -18,7 +21,7 @@ from typing import Any
 
 import torch
 
-from lm.checkpoint import CONFIG_FILE
+from lm.checkpoint import CONFIG_FILE, LATEST_FILE, CheckpointError, resolve_checkpoint_dir
 from lm.config import to_dict
 from lm.pipeline import Pipeline
 from service.metrics import Metrics
@@ -56,26 +59,55 @@ class ServedModel:
             "dtype": str(next(self.pipeline.model.parameters()).dtype).removeprefix("torch."),
             "parameters": sum(p.numel() for p in self.pipeline.model.parameters()),
             "max_context": config.max_context,
+            "example": None if self.pipeline.example is None else self.pipeline.example.to_dict(),
         }
+
+
+RUN_MARKERS = (LATEST_FILE, "run_config.json")
+"""Files only a training run directory holds."""
+
+
+def _is_run_dir(path: Path) -> bool:
+    return not (path / CONFIG_FILE).is_file() and any((path / marker).is_file() for marker in RUN_MARKERS)
+
+
+def _model_name(checkpoint: Path) -> str:
+    """A checkpoint inside a run (``runs/x/best``, ``runs/x/step-00000121``) is named after the run."""
+    inside_run = checkpoint.name == "best" or checkpoint.name.startswith("step-")
+    return checkpoint.parent.name if inside_run and _is_run_dir(checkpoint.parent) else checkpoint.name
+
+
+def _served_dir(path: Path) -> Path | None:
+    """The checkpoint ``path`` stands for (itself, or a run's best/latest), None if it is neither."""
+    if (path / CONFIG_FILE).is_file():
+        return path
+    if not _is_run_dir(path):
+        return None
+    try:
+        return resolve_checkpoint_dir(path)
+    except CheckpointError as exc:
+        log.error("skipping run %s: %s", path, exc)
+        return None
 
 
 def discover(checkpoints: Path, names: list[str] | None) -> dict[str, Path]:
     """Map model name -> checkpoint directory.
 
-    ``checkpoints`` may itself be one checkpoint directory. Hidden entries (``.x.tmp-123``, the
-    half-written siblings of an atomic save) are never models.
+    ``checkpoints`` may itself be one checkpoint or one run directory. Hidden entries
+    (``.x.tmp-123``, the half-written siblings of an atomic save) are never models.
     """
     if not checkpoints.is_dir():
         log.error("checkpoints directory %s does not exist", checkpoints)
         return {}
-    if (checkpoints / CONFIG_FILE).is_file():
-        found = {checkpoints.name: checkpoints}
+    itself = _served_dir(checkpoints)
+    if itself is not None:
+        found = {_model_name(checkpoints): itself}
     else:
-        found = {
-            child.name: child
-            for child in sorted(checkpoints.iterdir())
-            if not child.name.startswith(".") and child.is_dir() and (child / CONFIG_FILE).is_file()
-        }
+        found = {}
+        for child in sorted(checkpoints.iterdir()):
+            served = None if child.name.startswith(".") or not child.is_dir() else _served_dir(child)
+            if served is not None:
+                found[child.name] = served
     if names is None:
         return found
     chosen = {}
@@ -134,6 +166,15 @@ class ModelRegistry:
         for served in self.models.values():
             served.scheduler.stop()
         self.metrics.models_loaded.set(0)
+
+    @property
+    def default_model(self) -> str | None:
+        """The model a client that names none is shown first: ``default_model`` if loaded, else
+        the first loaded (the order of ``models``, else of the directory)."""
+        chosen = self.settings.default_model
+        if chosen is not None and chosen in self.models:
+            return chosen
+        return next(iter(self.models), None)
 
     @property
     def ready(self) -> bool:

@@ -17,6 +17,8 @@ from lm.dtypes import WeightDtype
 
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 """The repository's ``checkpoints/`` directory: what ``lmforge serve`` serves by default."""
+SHIPPED_DEFAULT_MODEL = "shakespeare-char"
+"""The shipped model a newcomer meets first (the playground opens on it)."""
 
 
 class Settings(BaseSettings):
@@ -30,6 +32,9 @@ class Settings(BaseSettings):
     )
     models: list[str] | None = Field(
         None, description="serve only these model names (subdirectory names); default: all"
+    )
+    default_model: str | None = Field(
+        SHIPPED_DEFAULT_MODEL, description="the model the playground opens on (when it is not loaded: the first one)"
     )
     device: str = Field("auto", description="torch device; auto = cuda, else mps, else cpu")
     dtype: WeightDtype = Field(

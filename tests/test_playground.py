@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from test_service_helpers import test_settings
 
 from service.app import create_app
-from service.middleware import PUBLIC_PATHS
+from service.deps import PUBLIC_PATHS
 
 KEY = "playground-key"
 API_PATHS_USED = {"/v1/models", "/v1/generate/stream", "/v1/perplexity"}

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from test_service_helpers import client_for, make_checkpoints, sse_events, test_settings
+
+from service.scheduler import Submission
 
 LENGTH = {"stop_at_eos": False}
 """Random tiny models emit <eos> at random; tests that count tokens switch it off."""
@@ -133,6 +137,57 @@ def test_stream_beam_sends_finish_events_only(client: TestClient) -> None:
     assert kinds == ["finish", "finish", "done"]
 
 
+async def _post_and_leave_before_the_first_event(app, path: str, body: dict) -> None:  # noqa: ANN001
+    """Call the ASGI app as a server would for a client that is gone when the headers go out:
+    sending the response start fails, so the event stream is never iterated."""
+    payload = json.dumps(body).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [(b"content-type", b"application/json"),
+                                         (b"content-length", str(len(payload)).encode())],
+        "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+    }
+    messages = [{"type": "http.request", "body": payload, "more_body": False}]
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("client gone")
+
+    with contextlib.suppress(Exception):  # the server's own error: nobody is left to answer
+        await app(scope, receive, send)
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/generate/stream", {"prompt": "a", "max_new_tokens": 100000, "stop_at_eos": False}),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 100000, "stream": True}),
+])
+def test_stream_abandoned_before_its_first_event_is_cancelled(
+    checkpoints: Path, monkeypatch: pytest.MonkeyPatch, path: str, body: dict
+) -> None:
+    """A stream whose own ``finally`` may never run: the route's dependency cancels the work."""
+    cancelled: list[str] = []
+    cancel = Submission.cancel
+
+    def spy(self: Submission) -> None:
+        cancelled.extend(t.request_id for t in self.tickets)
+        cancel(self)
+
+    monkeypatch.setattr(Submission, "cancel", spy)
+    with client_for(test_settings(checkpoints, models=["tiny"], max_new_tokens=100000)) as c:
+        scheduler = c.app.state.registry.models["tiny"].scheduler
+        c.portal.call(_post_and_leave_before_the_first_event, c.app, path, body)
+        assert cancelled
+        deadline = time.monotonic() + 5
+        while scheduler.depth and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert scheduler.depth == 0
+        assert c.post("/v1/generate", json={"prompt": "a", "max_new_tokens": 1}).status_code == 200
+
+
 def test_perplexity(client: TestClient) -> None:
     r = client.post("/v1/perplexity", json={"model": "tiny", "texts": ["To be, or not", "ROMEO"], "token_logprobs": True})
     assert r.status_code == 200, r.text
@@ -233,6 +288,24 @@ def test_docs_and_schema(client: TestClient) -> None:
     gen_schema = schema["components"]["schemas"]["GenerateRequest"]
     assert gen_schema["examples"] and gen_schema["properties"]["top_p"]["default"] == 1.0
     assert "422" in schema["paths"]["/v1/generate"]["post"]["responses"]
+
+
+def test_without_a_key_everything_is_open_and_the_schema_declares_none(client: TestClient) -> None:
+    assert client.get("/redoc").status_code == 200 and client.get("/metrics").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert "securitySchemes" not in schema.get("components", {})
+    assert all(op.get("security") in (None, []) for ops in schema["paths"].values() for op in ops.values())
+
+
+def test_stream_routes_document_their_events(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    stream = paths["/v1/generate/stream"]["post"]["responses"]
+    item = stream["200"]["content"]["text/event-stream"]["itemSchema"]
+    assert item["properties"]["event"]["enum"] == ["token", "finish", "done", "error"]
+    assert item["properties"]["data"]["contentMediaType"] == "application/json"
+    assert set(stream["422"]["content"]) == {"application/json"}  # errors are JSON, not events
+    completions = paths["/v1/completions"]["post"]["responses"]["200"]["content"]
+    assert {"application/json", "text/event-stream"} <= set(completions)
 
 
 def test_request_id_is_echoed(client: TestClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -141,6 +142,24 @@ def test_body_over_the_limit_is_413(client: TestClient) -> None:
           "max_body_bytes")
 
 
+def rejected(client: TestClient, reason: str) -> float:
+    """``lmforge_rejected_total{reason=...}`` from ``/metrics``."""
+    m = re.search(rf'lmforge_rejected_total{{reason="{reason}"}} ([0-9.]+)', client.get("/metrics").text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_a_body_over_the_limit_is_counted_and_any_method_gets_the_error_shape(client: TestClient) -> None:
+    before = rejected(client, "body_too_large")
+    client.post("/v1/generate", json={"prompt": "a" * 5000})  # declared Content-Length
+    client.post("/v1/perplexity", content=iter([b'{"text": "', b"a" * 5000, b'"}']),
+                headers={"content-type": "application/json"})  # counted while streaming in
+    assert rejected(client, "body_too_large") == before + 2
+    for method, path in (("GET", "/v1/generate"), ("POST", "/nowhere"), ("GET", "/health")):
+        r = client.request(method, path, content=b"x" * 5000)
+        err = error(r, 413, None, "4096", "max_body_bytes")
+        assert err["code"] == "body_too_large" and r.headers["x-request-id"]
+
+
 def test_no_models_means_503(tmp_path: Path) -> None:
     with client_for(test_settings(tmp_path)) as c:
         r = c.get("/ready")
@@ -216,6 +235,53 @@ class TestAuth:
         assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
         assert schema["paths"]["/v1/generate"]["post"]["security"] == [{"bearer": []}]
         assert schema["paths"]["/health"]["get"]["security"] == []
+
+    def test_every_operation_but_health_declares_the_key(self, client: TestClient) -> None:
+        schema = client.get("/openapi.json", headers={"Authorization": f"Bearer {self.KEY}"}).json()
+        security = {(path, method): op.get("security") for path, ops in schema["paths"].items()
+                    for method, op in ops.items()}
+        assert security.pop(("/health", "get")) == []
+        assert security and all(s == [{"bearer": []}] for s in security.values()), security
+        assert schema["components"]["securitySchemes"] == {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "the server's LMFORGE_API_KEY"}}
+
+    def test_only_the_public_paths_are_open(self, client: TestClient) -> None:
+        from service.deps import PUBLIC_PATHS
+
+        schema = client.get("/openapi.json", headers={"Authorization": f"Bearer {self.KEY}"}).json()
+        operations = [(m.upper(), path) for path, ops in schema["paths"].items() for m in ops]
+        operations += [("GET", "/"), ("GET", "/docs"), ("GET", "/redoc"), ("GET", "/openapi.json")]
+        open_paths = {path for method, path in operations if client.request(method, path).status_code != 401}
+        assert open_paths == PUBLIC_PATHS
+
+    def test_redoc_needs_the_key_and_loads(self, client: TestClient) -> None:
+        error(client.get("/redoc"), 401, None, "API key")
+        r = client.get("/redoc", headers={"Authorization": f"Bearer {self.KEY}"})
+        assert r.status_code == 200 and "redoc" in r.text.lower() and "/openapi.json" in r.text
+        r = client.get("/docs", headers={"Authorization": f"Bearer {self.KEY}"})
+        assert "swagger-ui" in r.text and "/openapi.json" in r.text
+
+    def test_without_the_key_errors_before_the_route_are_401(self, client: TestClient) -> None:
+        h = {"content-type": "application/json"}
+        error(client.post("/v1/generate", content=b"{not json", headers=h), 401, None, "API key")
+        error(client.post("/v1/generate", content=b'{"prompt": "\xff"}', headers=h), 401, None, "API key")
+        error(client.get("/v1/generate"), 401, None, "API key")  # a 405 for whoever has the key
+        r = client.post("/v1/generate", json={"prompt": "a" * 300_000})  # over the default limit
+        assert r.status_code in (401, 413) and "error" in r.json()
+        chunks = iter([b'{"prompt": "', b"a" * 300_000, b'"}'])
+        r = client.post("/v1/generate", content=chunks, headers=h)
+        assert r.status_code in (401, 413) and "error" in r.json()
+
+    def test_refusals_are_counted(self, client: TestClient) -> None:
+        def count() -> float:
+            text = client.get("/metrics", headers={"Authorization": f"Bearer {self.KEY}"}).text
+            m = re.search(r'lmforge_rejected_total{reason="unauthorized"} ([0-9.]+)', text)
+            return float(m.group(1)) if m else 0.0
+
+        before = count()
+        client.get("/ready")
+        client.get("/nowhere", headers={"Authorization": "Bearer nope"})
+        assert count() == before + 2
 
     def test_a_prefix_or_other_scheme_is_refused(self, client: TestClient) -> None:
         for value in (f"Bearer {self.KEY[:-1]}", f"Bearer {self.KEY}x", self.KEY, f"Basic {self.KEY}",

@@ -134,3 +134,68 @@ def test_serve_bad_flag_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) 
     assert main(["serve", "--port", "not-a-port"]) == 2
     err = capsys.readouterr().err
     assert "--port" in err and "Traceback" not in err
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """``lmforge serve`` up to the server: the settings it would serve with, uvicorn not started."""
+    import uvicorn
+
+    import service.app
+
+    seen: list[Settings] = []
+    monkeypatch.setattr(service.app, "create_app", lambda settings: seen.append(settings) or object())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"LMFORGE_{name.upper()}", raising=False)
+    return seen
+
+
+@pytest.mark.parametrize("models", [["a", "b"], ["a,b"], ["a", "--models", "b"], ['["a","b"]']])
+def test_serve_list_flag_forms(served: list[Settings], models: list[str]) -> None:
+    from lm.cli import main
+
+    assert main(["serve", "--models", *models]) == 0
+    assert served[-1].models == ["a", "b"]
+
+
+def test_serve_flags_bool_kebab_and_over_the_environment(served: list[Settings], monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    from lm.cli import main
+
+    monkeypatch.setenv("LMFORGE_LOG_PROMPTS", "true")
+    monkeypatch.setenv("LMFORGE_MAX_QUEUE", "5")
+    monkeypatch.setenv("LMFORGE_PORT", "9001")
+    monkeypatch.setenv("LMFORGE_API_KEY", "from-env")
+    assert main(["serve", "--no-log-prompts", "--port", "9002", "--max-new-tokens", "7", "--dtype", "bf16",
+                 "--checkpoints", str(tmp_path), "--request-timeout-s", "1.5"]) == 0
+    s = served[-1]
+    assert (s.log_prompts, s.port, s.max_queue, s.max_new_tokens, s.dtype) == (False, 9002, 5, 7, "bf16")
+    assert (s.checkpoints, s.request_timeout_s, s.models) == (tmp_path, 1.5, None)
+    assert s.api_key is not None and s.api_key.get_secret_value() == "from-env"
+    monkeypatch.delenv("LMFORGE_LOG_PROMPTS")
+    assert main(["serve", "--log-prompts"]) == 0 and served[-1].log_prompts is True
+    assert main(["serve"]) == 0 and served[-1].log_prompts is False and served[-1].port == 9001
+
+
+def test_serve_refuses_the_key_as_a_flag(served: list[Settings], capsys: pytest.CaptureFixture[str]) -> None:
+    from lm.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--api-key", "visible-in-ps"])
+    assert exit_.value.code == 2 and "--api-key" in capsys.readouterr().err
+    assert not served
+
+
+@pytest.mark.parametrize(("argv", "flag"), [(["--max-queue", "0"], "--max-queue"),
+                                            (["--dtype", "fp64"], "--dtype"),
+                                            (["--request-timeout-s", "soon"], "--request-timeout-s"),
+                                            (["--models", '["a'], "models")])
+def test_serve_bad_values_are_one_line_errors(served: list[Settings], capsys: pytest.CaptureFixture[str],
+                                              argv: list[str], flag: str) -> None:
+    from lm.cli import main
+
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not served

@@ -18,35 +18,38 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.sse import ServerSentEvent
 
 from lm.decoding.params import Completion, FinishEvent, GenerationParams, TokenEvent
 from lm.decoding.streaming import PieceAligner
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES, APIError
 from service.generation import (
-    EventStreamResponse,
     Prompt,
     build_params,
     check_decoding_limits,
     collect,
     count_limit,
     encode_prompts,
+    event_stream,
     events_until_done,
     now,
+    owned,
     prompt_token_texts,
     run_score,
     score_job,
     sse,
+    sse_content,
     sse_error,
-    sse_event_schema,
     submit,
     token_limit,
     token_texts,
 )
 from service.registry import ModelRegistry, ServedModel
+from service.scheduler import Submission
 from service.schemas.common import Usage, finite
 from service.schemas.completions import (
     CompletionChoice,
@@ -180,35 +183,52 @@ def choice(plan: Plan, prompt_index: int, c: Completion) -> CompletionChoice:
     return CompletionChoice(text=text, index=0, logprobs=logprobs, finish_reason=finish_reason(c))  # type: ignore[arg-type]
 
 
+@dataclass
+class CompletionJob:
+    """A completions request, planned and queued before the response starts."""
+
+    plan: Plan
+    submission: Submission
+    stream: bool
+    include_usage: bool
+
+
+async def completion_job(body: CompletionRequest, request: Request, registry: RegistryDep,
+                         settings: SettingsDep) -> AsyncIterator[CompletionJob]:
+    """Resolve, check and queue the request before any response starts (failures are JSON
+    errors, streamed or not); the submission is cancelled when the response is over (``owned``)."""
+    p = plan(body, request, registry, settings)
+    rid = request_id(request)
+    if p.echo and p.logprobs is not None:
+        await prompt_logprobs(p, request, settings, rid)
+    stream = bool(body.stream)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    with owned(submit(p.served, p.prompts, p.params, rid, settings, stream=stream)) as submission:
+        yield CompletionJob(p, submission, stream, include_usage)
+
+
 @router.post(
     "/v1/completions",
     response_model=CompletionResponse,
     responses={
         200: {
             "description": "a completion, or with stream: true Server-Sent Events of completion chunks ending with data: [DONE]",
-            "content": {"text/event-stream": {"schema": sse_event_schema(
-                None, "JSON: a CompletionResponse chunk, an ErrorBody, or the final [DONE]"
-            )}},
+            "content": sse_content(None, "JSON: a CompletionResponse chunk, an ErrorBody, or the final [DONE]"),
         },
         **ERROR_RESPONSES,
     },
 )
 async def completions(
-    body: CompletionRequest,
+    job: Annotated[CompletionJob, Depends(completion_job)],
     request: Request,
-    registry: RegistryDep,
     settings: SettingsDep,
 ) -> Any:
     """OpenAI-compatible text completions (streaming and not)."""
-    p = plan(body, request, registry, settings)
+    p = job.plan
     rid = request_id(request)
-    if p.echo and p.logprobs is not None:
-        await prompt_logprobs(p, request, settings, rid)
-    submission = submit(p.served, p.prompts, p.params, rid, settings, stream=bool(body.stream))
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStreamResponse(stream(p, submission, request, settings, rid, include_usage), submission)
-    results = await collect(submission, request, settings)
+    if job.stream:
+        return event_stream(stream(p, job.submission, request, settings, rid, job.include_usage))
+    results = await collect(job.submission, request, settings)
     choices = []
     for prompt_index, row in enumerate(results):
         for c in row:
@@ -226,12 +246,13 @@ async def completions(
     )
 
 
-async def stream(p: Plan, submission: Any, request: Request, settings: Settings, rid: str, include_usage: bool
-                 ) -> AsyncIterator[str]:
+async def stream(p: Plan, submission: Submission, request: Request, settings: Settings, rid: str,
+                 include_usage: bool) -> AsyncIterator[ServerSentEvent]:
     """Completion chunks: the echoed prompt, one chunk per delta, a finish chunk, then [DONE]."""
     created = now()
 
-    def chunk(index: int, text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None) -> str:
+    def chunk(index: int, text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None
+              ) -> ServerSentEvent:
         body = CompletionResponse(id=rid, created=created, model=p.served.name, choices=[
             CompletionChoice(text=text, index=index, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
         return sse(body.model_dump(mode="json", exclude={"usage"}))
@@ -247,7 +268,7 @@ async def stream(p: Plan, submission: Any, request: Request, settings: Settings,
     completion_tokens = 0
 
     def emit(prompt_index: int, seq: int, text: str, pieces: list[tuple[str, float]],
-             finish: str | None = None) -> Iterator[str]:
+             finish: str | None = None) -> Iterator[ServerSentEvent]:
         """A chunk with ``text`` and the tokens it completes; with ``finish``, only if it carries
         something, then the finish chunk."""
         for index in indexes(prompt_index, seq):

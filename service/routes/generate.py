@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from lm.decoding.params import Completion, FinishEvent, GenerationParams, TokenEvent
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
-from service.errors import ERROR_RESPONSES, APIError
+from service.errors import ERROR_RESPONSES, JSON_ERROR_RESPONSES, APIError
 from service.generation import (
-    EventStreamResponse,
     Prompt,
     build_params,
     check_decoding_limits,
@@ -20,13 +20,15 @@ from service.generation import (
     encode_prompts,
     events_until_done,
     now,
+    owned,
     sse,
+    sse_content,
     sse_error,
-    sse_event_schema,
     submit,
     token_texts,
 )
 from service.registry import ModelRegistry, ServedModel
+from service.scheduler import Submission
 from service.schemas.common import Usage, finite
 from service.schemas.generate import GenerateChoice, GenerateRequest, GenerateResponse
 from service.settings import Settings
@@ -41,10 +43,10 @@ SSE_DOC = {
         "final only when the search ends), `event: finish` per sequence with finish_reason and usage, "
         "`event: done` with the total usage, or `event: error` with an error body."
     ),
-    "content": {"text/event-stream": {"schema": sse_event_schema(
+    "content": sse_content(
         ["token", "finish", "done", "error"],
         "JSON: TokenData (token), FinishData (finish), DoneData (done) or ErrorBody (error)",
-    )}},
+    ),
 }
 
 
@@ -114,48 +116,61 @@ async def generate(
     )
 
 
-@router.post(
-    "/v1/generate/stream",
-    response_class=StreamingResponse,
-    responses={200: SSE_DOC, **ERROR_RESPONSES},
-)
-async def generate_stream(
-    body: GenerateRequest,
-    request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-) -> StreamingResponse:
-    """Like /v1/generate, streamed as Server-Sent Events, one event per text delta."""
+@dataclass
+class StreamJob:
+    """A streamed request, checked and queued before the response starts."""
+
+    served: ServedModel
+    prompts: list[Prompt]
+    submission: Submission
+    rid: str
+
+
+async def stream_job(body: GenerateRequest, request: Request, registry: RegistryDep,
+                     settings: SettingsDep) -> AsyncIterator[StreamJob]:
+    """Check, encode and queue the request (failures are 4xx/5xx JSON: nothing is streamed yet);
+    the submission is cancelled when the response is over, however it ends (``owned``)."""
     served, prompts, params = prepare(body, request, registry, settings)
     rid = request_id(request)
-    submission = submit(served, prompts, params, rid, settings, stream=True)
+    with owned(submit(served, prompts, params, rid, settings, stream=True)) as submission:
+        yield StreamJob(served, prompts, submission, rid)
 
-    async def stream() -> AsyncIterator[str]:
-        completion_tokens = 0
-        try:
-            async for prompt_index, event in events_until_done(submission, request, settings):
-                if isinstance(event, TokenEvent):
+
+@router.post(
+    "/v1/generate/stream",
+    response_class=EventSourceResponse,
+    responses={200: SSE_DOC, **JSON_ERROR_RESPONSES},
+)
+async def generate_stream(
+    job: Annotated[StreamJob, Depends(stream_job)],
+    request: Request,
+    settings: SettingsDep,
+) -> AsyncIterator[ServerSentEvent]:
+    """Like /v1/generate, streamed as Server-Sent Events, one event per text delta."""
+    served, prompts, rid = job.served, job.prompts, job.rid
+    completion_tokens = 0
+    try:
+        async for prompt_index, event in events_until_done(job.submission, request, settings):
+            if isinstance(event, TokenEvent):
+                yield sse({"prompt_index": prompt_index, "index": event.index, "text": event.text,
+                           "token_id": event.token_id, "logprob": finite(event.logprob)}, event="token")
+            elif isinstance(event, FinishEvent):
+                if event.text:  # held back to the end (a row with no token left to choose)
                     yield sse({"prompt_index": prompt_index, "index": event.index, "text": event.text,
-                               "token_id": event.token_id, "logprob": finite(event.logprob)}, event="token")
-                elif isinstance(event, FinishEvent):
-                    if event.text:  # held back to the end (a row with no token left to choose)
-                        yield sse({"prompt_index": prompt_index, "index": event.index, "text": event.text,
-                                   "token_id": None, "logprob": None}, event="token")
-                    c = event.completion
-                    completion_tokens += len(c.token_ids)
-                    n = len(prompts[prompt_index].ids)
-                    usage = {"prompt_tokens": n, "completion_tokens": len(c.token_ids),
-                             "total_tokens": n + len(c.token_ids)}
-                    yield sse({"prompt_index": prompt_index, "index": event.index, "text": c.text,
-                               "finish_reason": c.finish_reason, "usage": usage}, event="finish")
-            prompt_tokens = sum(len(p.ids) for p in prompts)
-            yield sse({"id": rid, "model": served.name,
-                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                 "total_tokens": prompt_tokens + completion_tokens}}, event="done")
-        except Exception as exc:
-            request.state.log["error"] = type(exc).__name__
-            yield sse_error(exc, settings)
-        finally:
-            request.state.log["completion_tokens"] = completion_tokens
-
-    return EventStreamResponse(stream(), submission)
+                               "token_id": None, "logprob": None}, event="token")
+                c = event.completion
+                completion_tokens += len(c.token_ids)
+                n = len(prompts[prompt_index].ids)
+                usage = {"prompt_tokens": n, "completion_tokens": len(c.token_ids),
+                         "total_tokens": n + len(c.token_ids)}
+                yield sse({"prompt_index": prompt_index, "index": event.index, "text": c.text,
+                           "finish_reason": c.finish_reason, "usage": usage}, event="finish")
+        prompt_tokens = sum(len(p.ids) for p in prompts)
+        yield sse({"id": rid, "model": served.name,
+                   "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}}, event="done")
+    except Exception as exc:
+        request.state.log["error"] = type(exc).__name__
+        yield sse_error(exc, settings)
+    finally:
+        request.state.log["completion_tokens"] = completion_tokens

@@ -1,4 +1,8 @@
-"""``/health`` (the process is up), ``/ready`` (it can serve) and ``/metrics`` (Prometheus)."""
+"""``/health`` (the process is up), ``/ready`` (it can serve) and ``/metrics`` (Prometheus).
+
+``/health`` is on its own router, ``public``, which ``service.app`` includes without the API key
+(it is in ``service.deps.PUBLIC_PATHS``); ``/ready`` and ``/metrics`` need the key like the API.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ from service.errors import ERROR_RESPONSES
 from service.schemas.models import Health, Ready
 
 router = APIRouter(tags=["operations"])
+public = APIRouter(tags=["operations"])
 
 
-@router.get("/health", response_model=Health)
+@public.get("/health", response_model=Health, openapi_extra={"security": []})
 async def health() -> Health:
     """Liveness: answers as long as the process serves HTTP; never needs the API key."""
     return Health()

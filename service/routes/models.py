@@ -14,4 +14,5 @@ router = APIRouter(tags=["models"])
 @router.get("/v1/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
 async def list_models(registry: RegistryDep) -> ModelList:
     """The loaded models (an empty list while none is loaded)."""
-    return ModelList(data=[ModelCard(**m.card()) for m in registry.models.values()])
+    default = registry.default_model
+    return ModelList(data=[ModelCard(**m.card(), default=m.name == default) for m in registry.models.values()])

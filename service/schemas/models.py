@@ -7,6 +7,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 
+class ModelExample(BaseModel):
+    prompt: str
+    params: dict[str, Any] = Field(description="/v1/generate fields (strategy, temperature, ...)")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -18,6 +23,10 @@ class ModelCard(BaseModel):
     dtype: str = Field(description="weights precision the server holds the model in (float32, bfloat16, float16)")
     parameters: int
     max_context: int | None = Field(description="longest context (null: recurrent, unbounded)")
+    example: ModelExample | None = Field(
+        None, description="a prompt from the model's held-out text and the decoding settings that show it at its "
+        "best (null for checkpoints written before examples existed)")
+    default: bool = Field(False, description="the model the playground opens on (`default_model`, else the first)")
 
 
 class ModelList(BaseModel):
