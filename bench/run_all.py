@@ -36,6 +36,7 @@ def benchmarks(quick: bool, soak: bool) -> list[tuple[str, list[str]]]:
         ("linear", [py, "bench/linear.py", "--repeats", "10" if quick else "20"]),
         ("decode", [py, "bench/decode.py", "--repeats", "1" if quick else "2", "--new-tokens", "128" if quick else "256"]),
         ("serve_load", [py, "bench/serve_load.py", "--duration", "6" if quick else "15"]),
+        ("busy", [py, "bench/busy.py", "--steps", "12" if quick else "20"]),
     ]
     if soak:
         runs.append(("soak", [py, "bench/soak.py", "--duration", "300"]))

@@ -114,7 +114,8 @@ class TrainConfig:
     on_nan: str = "stop"
     """``stop`` the run at a non-finite loss, or ``skip`` the step (counted)."""
     threads: int = 0
-    """torch intra-op threads (0 = torch's default)."""
+    """torch intra-op threads (0 = the cores no other process keeps busy, re-counted during the
+    run: ``lm.threads``). A fixed count also keeps a run bit-for-bit reproducible on CPU."""
 
     def __post_init__(self) -> None:
         names = ("batch_size", "seq_len", "grad_accum", "max_steps", "eval_every", "log_every")

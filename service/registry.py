@@ -13,14 +13,12 @@ down.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from lm import threads
 from lm.checkpoint import CONFIG_FILE, LATEST_FILE, CheckpointError, resolve_checkpoint_dir
 from lm.config import to_dict
 from lm.pipeline import Pipeline
@@ -132,9 +130,7 @@ class ModelRegistry:
         """Load every discovered checkpoint (blocking: call it from a worker thread)."""
         # Decoding shares the process with the event loop: torch's default (a thread per core)
         # would fight it for the CPU, and oversubscribed threads collapse batched throughput.
-        threads = self.settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
+        threads.apply(self.settings.torch_threads, reserve=1)  # the free cores, less one
         for name, path in discover(self.settings.checkpoints, self.settings.models).items():
             try:
                 pipeline = Pipeline.from_checkpoint(path, device=self.settings.device, name=name, dtype=self.settings.dtype)

@@ -42,7 +42,8 @@ class Settings(BaseSettings):
         "(6x6x384: 1.2-1.6x at batch 1) and small ones slower (bench/decode.py), at a small perplexity cost"
     )
     torch_threads: int = Field(
-        0, ge=0, description="torch intra-op threads (0: one per CPU but one, left for the HTTP event loop)"
+        0, ge=0, description="torch intra-op threads (0: the cores no other process keeps busy, less one for "
+        "the HTTP event loop)"
     )
     host: str = Field("127.0.0.1", description="interface to bind")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to bind")

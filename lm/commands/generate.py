@@ -42,12 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("output and device")
     o.add_argument("--stream", action="store_true", help="print text as it is generated")
     o.add_argument("--json", action="store_true", help="print JSON (with --stream: one JSON line per event)")
+    o.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch threads (default: the cores no other process keeps busy)")
     o.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     o.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp32", help="weights precision (default fp32)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from lm import threads
     from lm.decoding.params import DoneEvent, FinishEvent, GenerationParams, ParamError
     from lm.pipeline import Pipeline
 
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     except ParamError as exc:
         print(f"lmforge generate: error: {exc}", file=sys.stderr)
         return 2
+    threads.apply(args.threads)
     pipe = Pipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
 
     if args.stream:

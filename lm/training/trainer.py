@@ -35,6 +35,7 @@ from lm.context import TextContext, trained_length
 from lm.example import from_stream
 from lm.losses import mean_nll
 from lm.models import RNNLM, RNNState, build_model
+from lm.threads import ThreadGovernor
 from lm.training.data import (
     RandomBatches,
     SequentialBatches,
@@ -96,8 +97,7 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        self.threads = ThreadGovernor(self.cfg.threads)  # the free cores, followed during the run
         if self.cfg.batch_size % (self.cfg.grad_accum * self.dist.world_size):
             raise TrainingError(
                 f"train.batch_size ({self.cfg.batch_size}) must be divisible by grad_accum x world size "
@@ -315,11 +315,12 @@ class Trainer:
                 metrics.flush()
 
         line = ProgressLine(max_steps=cfg.max_steps, start_step=self.progress.step, max_time=cfg.max_time,
-                            threads=torch.get_num_threads(), enabled=main and cfg.progress)
+                            threads=self.threads.threads, enabled=main and cfg.progress)
         interrupted: str | None = None
         try:
             with StopFlag() as stop:
                 while not self._finished():
+                    line.threads = self.threads.poll()
                     t0 = time.perf_counter()
                     loss = self.train_step()
                     self.progress.elapsed += time.perf_counter() - t0
