@@ -60,7 +60,7 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None,  # service.routes.docs serves them, behind the key
+        docs_url=None,  # service.routes.docs serves them, with their files, offline
         redoc_url=None,
         openapi_url=None,
     )
@@ -80,10 +80,11 @@ def create_app(
     private = [Depends(require_api_key)] if keyed else []
     for router, dependencies in (
         (generate.router, private), (completions.router, private), (perplexity.router, private),
-        (models.router, private), (health.router, private), (docs.router, private),
-        (health.public, []), (playground.router, []),
+        (models.router, private), (health.router, private),
+        (health.public, []), (playground.router, []), (docs.router, []),
     ):
         app.include_router(router, dependencies=dependencies, max_body_size=settings.max_body_bytes)
+    docs.mount_assets(app)
 
     # Added innermost first: context (outermost) -> declared body size -> routes.
     app.add_middleware(DeclaredBodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)

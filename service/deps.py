@@ -12,11 +12,19 @@ from service.errors import APIError
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings, get_settings
 
-PUBLIC_PATHS = frozenset({"/health", "/"})
-"""Reachable without the API key: liveness, so orchestrators can probe it, and the playground page
-(``/``), which holds no data and asks the visitor for the key it then sends with its API calls.
-The docs and the OpenAPI schema need the key too (fetch ``/openapi.json`` with the header).
-``service.app`` includes the routers of these paths without ``require_api_key``."""
+DOCS_ASSETS = "/docs/assets"
+"""Where the docs pages' JavaScript, CSS and icon are served (``service.routes.docs``)."""
+PUBLIC_PATHS = frozenset({"/health", "/", "/docs", "/redoc", "/openapi.json"})
+"""Reachable without the API key: liveness, so orchestrators can probe it; the playground page
+(``/``), which holds no data and asks the visitor for the key it then sends with its API calls;
+and the API's documentation (the pages, their files under ``DOCS_ASSETS``, the schema), which
+describes the API and holds no data -- a browser could not send a key with the pages' own
+requests, so behind the key they would not work at all. ``service.app`` includes the routers of
+these paths without ``require_api_key``."""
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS + "/")
 
 bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="the server's LMFORGE_API_KEY")
 """The scheme as OpenAPI declares it (``components.securitySchemes.bearer``): every operation that
@@ -54,7 +62,7 @@ async def authenticate(request: Request) -> None:
     """``require_api_key`` outside a route: for the errors raised before a route's dependencies run
     (no such route, wrong method, an unreadable body), so that a request without the key learns no
     more than a 401 from them. Public paths pass."""
-    if request.url.path not in PUBLIC_PATHS:
+    if not is_public(request.url.path):
         check_api_key(request, await bearer(request))
 
 

@@ -1,32 +1,64 @@
-"""``GET /openapi.json``, ``/docs`` (Swagger UI) and ``/redoc``: the API's schema and its pages.
+"""``GET /openapi.json``, ``/docs`` (Swagger UI) and ``/redoc``: the API's schema and its pages,
+working offline.
 
 FastAPI's own routes for these are turned off (``docs_url=None, openapi_url=None`` in
-``service.app``) so that these, included like every other non-public router, need the API key when
-the server has one. The pages load their JavaScript and CSS from the URLs below (FastAPI's
-defaults, a CDN for now); pointing them at files this server serves itself changes only these
-constants.
+``service.app``) and served here following FastAPI's self-hosting recipe: the pages' JavaScript,
+CSS and icon come from this server (``/docs/assets/``), from the files the ``fastapi-offline``
+package ships, not from a CDN, so the docs load on a machine with no network.
+
+They are public, like the playground: the schema describes the API and holds no data, and a
+browser cannot send the key with the page's own request for it. With a key set, Swagger UI's
+*Authorize* button takes it for the calls made from the page.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
-SWAGGER_JS_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
-SWAGGER_CSS_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
-REDOC_JS_URL = "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"
-FAVICON_URL = "https://fastapi.tiangolo.com/img/favicon.png"
+from service.deps import DOCS_ASSETS
+
+ASSETS_PATH = DOCS_ASSETS
+"""Where the pages' files are served (a ``StaticFiles`` mount, ``mount_assets``)."""
+SWAGGER_JS_URL = f"{ASSETS_PATH}/swagger-ui-bundle.js"
+SWAGGER_CSS_URL = f"{ASSETS_PATH}/swagger-ui.css"
+REDOC_JS_URL = f"{ASSETS_PATH}/redoc.standalone.js"
+FAVICON_URL = f"{ASSETS_PATH}/favicon.png"
 
 OPENAPI_PATH = "/openapi.json"
+
+CSP = "; ".join([
+    "default-src 'self'",
+    "script-src 'self' 'unsafe-inline'",  # each page starts its UI with an inline script
+    "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data:",  # ReDoc's sidebar links a logo from its CDN: not fetched
+    "worker-src 'self' blob:",
+    "connect-src 'self'",
+    "frame-ancestors 'none'",
+])
+"""The pages fetch from this server only, so nothing leaves the machine, network or not."""
 
 router = APIRouter(include_in_schema=False)
 
 
-def _schema_url(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + OPENAPI_PATH
+def mount_assets(app: FastAPI) -> None:
+    """Serve the Swagger UI and ReDoc files under ``ASSETS_PATH``."""
+    directory = resources.files("fastapi_offline") / "static"
+    app.mount(ASSETS_PATH, StaticFiles(directory=str(directory)), name="docs-assets")
+
+
+def _url(request: Request, path: str) -> str:
+    return request.scope.get("root_path", "").rstrip("/") + path
+
+
+def _local(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = CSP
+    return page
 
 
 @router.get(OPENAPI_PATH)
@@ -38,15 +70,17 @@ async def openapi(request: Request) -> JSONResponse:
 
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    return get_swagger_ui_html(
-        openapi_url=_schema_url(request), title=f"{request.app.title} - Swagger UI",
-        swagger_js_url=SWAGGER_JS_URL, swagger_css_url=SWAGGER_CSS_URL, swagger_favicon_url=FAVICON_URL,
-    )
+    return _local(get_swagger_ui_html(
+        openapi_url=_url(request, OPENAPI_PATH), title=f"{request.app.title} - Swagger UI",
+        swagger_js_url=_url(request, SWAGGER_JS_URL), swagger_css_url=_url(request, SWAGGER_CSS_URL),
+        swagger_favicon_url=_url(request, FAVICON_URL),
+    ))
 
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    return get_redoc_html(
-        openapi_url=_schema_url(request), title=f"{request.app.title} - ReDoc",
-        redoc_js_url=REDOC_JS_URL, redoc_favicon_url=FAVICON_URL,
-    )
+    return _local(get_redoc_html(
+        openapi_url=_url(request, OPENAPI_PATH), title=f"{request.app.title} - ReDoc",
+        redoc_js_url=_url(request, REDOC_JS_URL), redoc_favicon_url=_url(request, FAVICON_URL),
+        with_google_fonts=False,
+    ))
