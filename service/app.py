@@ -39,17 +39,25 @@ def create_app(
     settings: Settings | None = None,
     *,
     loader: Callable[[ModelRegistry], None] | None = None,
+    registry: ModelRegistry | None = None,
 ) -> FastAPI:
     """Build the app. ``loader`` fills the registry at startup (default: load the checkpoints
-    named by ``settings``); tests pass their own to serve in-memory pipelines."""
+    named by ``settings``); tests pass their own to serve in-memory pipelines. A ``registry``
+    already loaded (``lmforge serve`` loads before it binds the port, so that nothing to serve
+    is an error at once) is served as it is."""
     settings = settings or Settings()
-    metrics = Metrics()
-    registry = ModelRegistry(settings, metrics)
-    load = loader or ModelRegistry.load_all
+    if registry is None:
+        registry = ModelRegistry(settings, Metrics())
+        load = loader or ModelRegistry.load_all
+    else:
+        load = loader or (lambda _: None)
+    metrics = registry.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(load, registry)
+        if not registry.models:
+            log.error("%s; /ready reports 503", registry.why_empty())
         try:
             yield
         finally:

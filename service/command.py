@@ -74,6 +74,8 @@ def run(args: argparse.Namespace, *, source: Any) -> int:
 
     from lm.config import ConfigError
     from service.app import create_app
+    from service.metrics import Metrics
+    from service.registry import ModelRegistry
     from service.settings import Settings
 
     try:
@@ -85,7 +87,12 @@ def run(args: argparse.Namespace, *, source: Any) -> int:
         raise ConfigError(f"{flag}: {first['msg']}") from None
     except SettingsError as exc:  # a value the source cannot parse (a list with a stray quote)
         raise ConfigError(str(exc)) from None
-    app = create_app(settings)
+    registry = ModelRegistry(settings, Metrics())
+    registry.load_all()
+    if not registry.models:
+        registry.stop()
+        raise ConfigError(registry.why_empty())
+    app = create_app(settings, registry=registry)
     log.info("lmforge serve: http://%s:%s (checkpoints: %s)", settings.host, settings.port, settings.checkpoints)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=settings.shutdown_timeout_s)

@@ -95,7 +95,6 @@ def discover(checkpoints: Path, names: list[str] | None) -> dict[str, Path]:
     (``.x.tmp-123``, the half-written siblings of an atomic save) are never models.
     """
     if not checkpoints.is_dir():
-        log.error("checkpoints directory %s does not exist", checkpoints)
         return {}
     itself = _served_dir(checkpoints)
     if itself is not None:
@@ -139,8 +138,19 @@ class ModelRegistry:
                 self.failed[name] = str(exc)
                 continue
             self.add(name, path, pipeline)
-        if not self.models:
-            log.error("no model loaded from %s; /ready will report 503", self.settings.checkpoints)
+
+    def why_empty(self) -> str:
+        """Why no model is served, in one line: what failed to load, or what was looked for."""
+        where, names = self.settings.checkpoints, self.settings.models
+        if self.failed:
+            reasons = "; ".join(f"{name}: {why}" for name, why in self.failed.items())
+            return f"no model could be loaded from {where} ({reasons})"
+        if not where.is_dir():
+            return f"{where}: no such checkpoints directory"
+        if names:
+            return f"no model named {', '.join(names)} in {where} (--models names checkpoint or run directories there)"
+        return (f"nothing to serve in {where}: it holds no checkpoint (a directory with config.json) and no "
+                "training run (a directory with best/ or a latest pointer), nor do its subdirectories")
 
     def add(self, name: str, path: Path, pipeline: Pipeline) -> ServedModel:
         """Serve an already-built pipeline under ``name`` (also how tests inject models)."""

@@ -63,3 +63,31 @@ def test_a_trained_run_is_served_under_its_name(tmp_path: Path) -> None:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["tiny-run"]
         r = client.post("/v1/generate", json={"model": "tiny-run", "prompt": "To be", "max_new_tokens": 4})
         assert r.status_code == 200, r.text
+
+
+def test_serve_with_nothing_to_serve_exits_with_one_line(tmp_path: Path) -> None:
+    """Nothing found, nothing loadable, or a wrong name: exit 2 at once, saying why, instead of
+    a server that answers 503 to every request."""
+    import subprocess
+    import sys
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lm.cli", "serve", "--port", "0", *args],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad" / "x").mkdir(parents=True)
+    (tmp_path / "bad" / "x" / "config.json").write_text("{}")
+    (tmp_path / "one").mkdir()
+    make_checkpoint(tmp_path / "one" / "tiny")
+    for args, says in (
+        (["--checkpoints", str(tmp_path / "missing")], "no such checkpoints directory"),
+        (["--checkpoints", str(tmp_path / "empty")], "nothing to serve"),
+        (["--checkpoints", str(tmp_path / "bad")], "no model could be loaded"),
+        (["--checkpoints", str(tmp_path / "one"), "--models", "other"], "no model named other"),
+    ):
+        proc = serve(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("lmforge serve: error: ") and says in last, proc.stderr

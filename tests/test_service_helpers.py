@@ -138,13 +138,16 @@ def test_serve_bad_flag_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) 
 
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
-    """``lmforge serve`` up to the server: the settings it would serve with, uvicorn not started."""
+    """``lmforge serve`` up to the server: the settings it would serve with, uvicorn not started
+    (and no checkpoint loaded: the registry pretends one model loaded)."""
     import uvicorn
 
     import service.app
+    from service.registry import ModelRegistry
 
     seen: list[Settings] = []
-    monkeypatch.setattr(service.app, "create_app", lambda settings: seen.append(settings) or object())
+    monkeypatch.setattr(service.app, "create_app", lambda settings, **kw: seen.append(settings) or object())
+    monkeypatch.setattr(ModelRegistry, "load_all", lambda self: self.models.update(stub=None))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
     for name in Settings.model_fields:
         monkeypatch.delenv(f"LMFORGE_{name.upper()}", raising=False)
