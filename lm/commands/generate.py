@@ -7,8 +7,8 @@ import dataclasses
 import json
 import sys
 
+from lm.commands.runtime import add_runtime_args, load_pipeline
 from lm.decoding.params import STRATEGIES, GenerationParams
-from lm.dtypes import WEIGHT_DTYPES
 
 HELP = "continue a prompt with a trained model"
 
@@ -42,17 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("output and device")
     o.add_argument("--stream", action="store_true", help="print text as it is generated")
     o.add_argument("--json", action="store_true", help="print JSON (with --stream: one JSON line per event)")
-    o.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="torch threads (default: the cores no other process keeps busy)")
-    o.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    o.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp32", help="weights precision (default fp32)")
+    add_runtime_args(o)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm import threads
     from lm.decoding.params import DoneEvent, FinishEvent, GenerationParams, ParamError
-    from lm.pipeline import Pipeline
 
     names = [f.name for f in dataclasses.fields(GenerationParams)]
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
@@ -65,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
     except ParamError as exc:
         print(f"lmforge generate: error: {exc}", file=sys.stderr)
         return 2
-    threads.apply(args.threads)
-    pipe = Pipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+    pipe = load_pipeline(args)
 
     if args.stream:
         for prompt in args.prompt:

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 
-from lm.dtypes import WEIGHT_DTYPES
+from lm.commands.runtime import add_runtime_args, load_pipeline
 
 HELP = "perplexity of text files"
 
@@ -30,10 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward (default 16)")
     p.add_argument("--token-logprobs", action="store_true", help="with --json: include per-token log-probabilities")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="torch threads (default: the cores no other process keeps busy)")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp32", help="weights precision (default fp32)")
+    add_runtime_args(p)
     p.set_defaults(func=run)
 
 
@@ -58,10 +55,8 @@ def _json_number(value: float) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm import threads
     from lm.decoding.params import ParamError
     from lm.losses import perplexity
-    from lm.pipeline import Pipeline
     from lm.score import score_texts
 
     labels, texts = [], []
@@ -74,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             labels.append(name)
             texts.append(text)
-    threads.apply(args.threads)
-    pipe = Pipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+    pipe = load_pipeline(args)
     try:
         results = score_texts(pipe.model, pipe.tokenizer, texts, context=pipe.context, stride=args.stride,
                               batch_size=args.batch_size,

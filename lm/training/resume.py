@@ -6,6 +6,7 @@ optimizer and carried recurrent state when a run resumes. Write failures are one
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,58 +25,50 @@ from tokenizer import Tokenizer
 from tokenizer.io import write_atomic
 
 
-def write_step_checkpoint(
-    run_dir: Path,
-    step: int,
-    model: nn.Module,
-    tokenizer: Tokenizer,
-    context: TextContext,
-    *,
-    training: dict[str, Any],
-    trainer_state: dict[str, Any],
-    weights: dict[str, torch.Tensor] | None,
-    example: Example | None = None,
-) -> Path:
-    """Write ``step-NNNNNNNN/``, point ``latest`` at it, and drop every other step checkpoint."""
-    name = f"step-{step:08d}"
-    try:
-        path = save_checkpoint(run_dir / name, model, tokenizer, training=training, trainer_state=trainer_state,
-                               state_dict=weights, context=context, example=example)
-        write_atomic(run_dir / LATEST_FILE, name + "\n")
-    except OSError as exc:
-        latest = run_dir / LATEST_FILE
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """What every checkpoint of a run holds besides its step's weights: the model (or, sharded,
+    its structure), the tokenizer, the text context and the example."""
+
+    run_dir: Path
+    model: nn.Module
+    tokenizer: Tokenizer
+    context: TextContext
+    example: Example | None = None
+
+    def write(self, name: str, step: int, *, training: dict[str, Any], weights: dict[str, torch.Tensor] | None,
+              trainer_state: dict[str, Any] | None = None) -> Path:
+        """Write ``run_dir/name`` (replacing it atomically); a failure is a ``TrainingError``
+        that says what on disk is still good."""
+        try:
+            return save_checkpoint(self.run_dir / name, self.model, self.tokenizer, training=training,
+                                   trainer_state=trainer_state, state_dict=weights, context=self.context,
+                                   example=self.example)
+        except OSError as exc:
+            raise TrainingError(f"could not save the checkpoint for step {step} to {self.run_dir / name}: "
+                                f"{exc.strerror or exc}; {self._intact(name)}") from None
+
+    def _intact(self, name: str) -> str:
+        if name == "best":
+            return "the previous best/ is intact"
+        latest = self.run_dir / LATEST_FILE
         previous = latest.read_text().strip() if latest.is_file() else None
-        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise TrainingError(
-            f"could not save the checkpoint for step {step} to {run_dir / name}: "
-            f"{exc.strerror or exc}; {kept}"
-        ) from None
-    for old in run_dir.glob("step-*"):
-        if old.name != name and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-    return path
+        return f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
 
-
-def write_best(
-    run_dir: Path,
-    step: int,
-    model: nn.Module,
-    tokenizer: Tokenizer,
-    context: TextContext,
-    *,
-    training: dict[str, Any],
-    weights: dict[str, torch.Tensor] | None,
-    example: Example | None = None,
-) -> Path:
-    """Replace ``best/`` (weights only) with the model as it is at ``step``."""
-    try:
-        return save_checkpoint(run_dir / "best", model, tokenizer, training=training,
-                               state_dict=weights, context=context, example=example)
-    except OSError as exc:
-        raise TrainingError(
-            f"could not save the best checkpoint at step {step} to {run_dir / 'best'}: "
-            f"{exc.strerror or exc}; the previous best/ is intact"
-        ) from None
+    def write_step(self, step: int, *, training: dict[str, Any], weights: dict[str, torch.Tensor] | None,
+                   trainer_state: dict[str, Any]) -> Path:
+        """Write the resumable ``step-NNNNNNNN/``, point ``latest`` at it, drop older ones."""
+        name = f"step-{step:08d}"
+        path = self.write(name, step, training=training, weights=weights, trainer_state=trainer_state)
+        try:
+            write_atomic(self.run_dir / LATEST_FILE, name + "\n")
+        except OSError as exc:
+            raise TrainingError(f"could not point {self.run_dir / LATEST_FILE} at {name}: {exc.strerror or exc}; "
+                                f"{self._intact(name)}") from None
+        for old in self.run_dir.glob("step-*"):
+            if old.name != name and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        return path
 
 
 def latest_checkpoint(run_dir: Path) -> Path:

@@ -60,14 +60,13 @@ from lm.training.optim import build_optimizer, scheduled_lr
 from lm.training.precision import autocast_context, resolve_precision
 from lm.training.progress import ProgressLine
 from lm.training.resume import (
+    RunCheckpoint,
     latest_checkpoint,
     load_weights,
     rank_rnn_state,
     restore_optimizer,
     restore_rng,
     rng_state,
-    write_best,
-    write_step_checkpoint,
 )
 from lm.training.rundir import (
     RUN_CONFIG_FILE,
@@ -150,6 +149,7 @@ class Trainer:
         if self.cfg.compile:
             self.train_model = torch.compile(self.train_model)
 
+        self.checkpoints = RunCheckpoint(self.run_dir, self.model, self.tokenizer, self.context, self.example)
         self.progress = TrainProgress()
         self.rnn_state: RNNState | None = None
         if resume:
@@ -283,9 +283,8 @@ class Trainer:
         }
         if rnn is not None:
             trainer_state["rnn_state"] = rnn
-        return write_step_checkpoint(self.run_dir, self.progress.step, self.model, self.tokenizer, self.context,
-                                     training=self._training_meta(), trainer_state=trainer_state, weights=weights,
-                                     example=self.example)
+        return self.checkpoints.write_step(self.progress.step, training=self._training_meta(), weights=weights,
+                                           trainer_state=trainer_state)
 
     def _load_resume_state(self) -> None:
         directory = latest_checkpoint(self.run_dir)
@@ -378,8 +377,7 @@ class Trainer:
             self.progress.evals_since_best = 0
             weights = full_model_state(self.model) if self.sharded else None
             if self.dist.is_main:
-                write_best(self.run_dir, self.progress.step, self.model, self.tokenizer, self.context,
-                           training=self._training_meta(), weights=weights, example=self.example)
+                self.checkpoints.write("best", self.progress.step, training=self._training_meta(), weights=weights)
         else:
             self.progress.evals_since_best += 1
             if self.cfg.schedule == "plateau" and self.progress.step >= self.cfg.warmup_steps:
