@@ -41,6 +41,21 @@ def route_label(scope: Scope) -> str:
     return scope["path"] if scope["path"] in paths else "unmatched"
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""The methods counted by name; any other string a client sends is ``other``."""
+
+
+def metric_labels(scope: Scope, status: int) -> tuple[str, str]:
+    """``(route, method)`` labels from fixed sets, so no client can mint new series: the route
+    template or ``unmatched``, a standard method or ``other``; a request refused for its API
+    key is one series (``unauthenticated``) whatever it asked for, so a flood without the key
+    costs nothing in ``/metrics``."""
+    if status == 401:
+        return "unauthenticated", "other"
+    method = scope["method"]
+    return route_label(scope), method if method in METHODS else "other"
+
+
 class RequestContextMiddleware:
     """Give each request an id, then count it, time it and log one structured line when done.
 
@@ -79,13 +94,14 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
-            label = route_label(scope)
-            self.metrics.requests.labels(label, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(label).observe(elapsed)
+            label, method = metric_labels(scope, status)
+            self.metrics.requests.labels(label, method, str(status)).inc()
+            if status != 401:
+                self.metrics.latency.labels(label).observe(elapsed)
             line = {
                 "request_id": request_id,
                 "method": scope["method"],
-                "route": label,
+                "route": route_label(scope),
                 "status": status,
                 "latency_ms": round(elapsed * 1000, 1),
                 **state.get("log", {}),

@@ -284,6 +284,7 @@ class Scheduler:
                     if active.pop(command.request_id, None) is not None:
                         session.cancel(command.request_id)
                         self._release()
+                        self.metrics.batch_rows.labels(self.name).set(session.rows)  # its rows left now
                     elif scoring.pop(command.request_id, None) is not None:
                         self._release()
             if stop:
