@@ -11,10 +11,14 @@ file replaced atomically after each complete write, and ``best/`` (best validati
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +108,12 @@ def save_checkpoint(
             to_save.load_state_dict(model.state_dict() if state_dict is None else state_dict)
             if dtype is not None:
                 to_save = to_save.to(dtype)
-        save_model(to_save, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        with _write_errors_as_os_errors(tmp, WEIGHTS_FILE):
+            save_model(to_save, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         tokenizer.save(tmp)
         if trainer_state is not None:
-            torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+            with _write_errors_as_os_errors(tmp, TRAINER_STATE_FILE):
+                torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
         _fsync_tree(tmp)
         old = None
         if target.exists():
@@ -125,6 +131,29 @@ def save_checkpoint(
     return target
 
 
+STEP_NAME = re.compile(r"^step-\d{8}$")
+"""What ``latest`` may hold: the name of a step checkpoint beside it, nothing else."""
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The step checkpoint ``run_dir/latest`` points at. The pointer must name a complete
+    ``step-NNNNNNNN`` directory inside the run: a path elsewhere (``../other/step-300``, an
+    absolute path), garbage or an empty file is a ``CheckpointError`` naming ``latest``."""
+    latest = run_dir / LATEST_FILE
+    if not latest.is_file():
+        raise CheckpointError(f"{run_dir}: nothing to resume (no {LATEST_FILE} pointer)")
+    try:
+        name = latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{latest}: unreadable pointer ({exc})") from None
+    if not STEP_NAME.match(name):
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise CheckpointError(f"{latest}: corrupt pointer {shown!r} (it must name a step-NNNNNNNN directory of this run)")
+    if not (run_dir / name / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{latest} points at {name!r}, which is not a complete checkpoint")
+    return run_dir / name
+
+
 def resolve_checkpoint_dir(path: str | os.PathLike[str], *, prefer_best: bool = True) -> Path:
     """A checkpoint directory itself, or the one a run directory points at (``best/`` or ``latest``)."""
     p = Path(path)
@@ -134,14 +163,8 @@ def resolve_checkpoint_dir(path: str | os.PathLike[str], *, prefer_best: bool = 
         return p
     if prefer_best and (p / "best" / CONFIG_FILE).is_file():
         return p / "best"
-    latest = p / LATEST_FILE
-    if latest.is_file():
-        name = latest.read_text(encoding="utf-8").strip()
-        if not name or "/" in name or name.startswith("."):
-            raise CheckpointError(f"{latest}: corrupt pointer {name!r}")
-        if (p / name / CONFIG_FILE).is_file():
-            return p / name
-        raise CheckpointError(f"{latest} points at {name!r}, which is not a complete checkpoint")
+    if (p / LATEST_FILE).is_file():
+        return latest_checkpoint(p)
     raise CheckpointError(f"{p}: not a checkpoint (no {CONFIG_FILE}) and not a run directory (no {LATEST_FILE})")
 
 
@@ -190,6 +213,32 @@ def load_checkpoint(
             f"{directory}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
         )
     model = build_model(config)
+    load_weights_into(model, directory)
+    device = resolve_device(device)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    model.eval()
+    return model, tok, config
+
+
+@contextlib.contextmanager
+def _write_errors_as_os_errors(directory: Path, name: str) -> Iterator[None]:
+    """safetensors and ``torch.save`` report a failed write (a full disk, above all) as their own
+    errors (``SafetensorError``, ``RuntimeError: ... unexpected pos``); callers handle OS errors,
+    so they become one, ``ENOSPC`` when the disk is indeed full."""
+    try:
+        yield
+    except (SafetensorError, RuntimeError) as exc:
+        try:
+            full = shutil.disk_usage(directory).free < (1 << 20)
+        except OSError:
+            full = False
+        reason = "no space left on device" if full else f"write failed: {str(exc).splitlines()[0][:200]}"
+        raise OSError(errno.ENOSPC if full else errno.EIO, f"{name}: {reason}") from None
+
+
+def load_weights_into(model: nn.Module, directory: Path) -> None:
+    """Load ``directory``'s safetensors weights into ``model``; a missing, truncated or
+    mismatched file is a ``CheckpointError`` naming it."""
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
@@ -199,10 +248,6 @@ def load_checkpoint(
         raise CheckpointError(f"{weights}: not a valid safetensors file ({exc})") from None
     except RuntimeError as exc:
         raise CheckpointError(f"{weights}: weights do not match config.json: {exc}") from None
-    device = resolve_device(device)
-    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    model.eval()
-    return model, tok, config
 
 
 def read_example(directory: str | os.PathLike[str]) -> Example | None:

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model
 from torch import nn
 
-from lm.checkpoint import LATEST_FILE, CheckpointError, save_checkpoint
+from lm.checkpoint import LATEST_FILE, load_weights_into, save_checkpoint
 from lm.context import TextContext
 from lm.example import Example
 from lm.models import RNNState, build_model
@@ -71,14 +70,6 @@ class RunCheckpoint:
         return path
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The step checkpoint ``latest`` points at: what ``--resume`` continues from."""
-    latest = run_dir / LATEST_FILE
-    if not latest.is_file():
-        raise CheckpointError(f"{run_dir}: nothing to resume (no {LATEST_FILE} pointer)")
-    return run_dir / latest.read_text().strip()
-
-
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     """The random generators' states a resumed run needs to draw what this one would have."""
     state = {"rng_torch": torch.get_rng_state()}
@@ -96,12 +87,11 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
 
 def load_weights(model: nn.Module, config: ModelConfig, directory: Path, *, sharded: bool) -> None:
     """Load a checkpoint's weights into the (possibly FSDP-sharded) training model."""
-    path = str(directory / "model.safetensors")
     if not sharded:
-        load_model(model, path, strict=True)
+        load_weights_into(model, directory)
         return
     full = build_model(config)  # resolves tied weights, then shards into place
-    load_model(full, path, strict=True)
+    load_weights_into(full, directory)
     load_full_model_state(model, full.state_dict())
 
 

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from lm.checkpoint import (
+    latest_checkpoint,
     load_trainer_state,
     resolve_device,
 )
@@ -61,7 +62,6 @@ from lm.training.precision import autocast_context, resolve_precision
 from lm.training.progress import ProgressLine
 from lm.training.resume import (
     RunCheckpoint,
-    latest_checkpoint,
     load_weights,
     rank_rnn_state,
     restore_optimizer,
