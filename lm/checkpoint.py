@@ -18,12 +18,13 @@ import logging
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -32,7 +33,7 @@ from lm.context import ContextError, TextContext, trained_length
 from lm.example import Example, ExampleError
 from lm.models import build_model
 from tokenizer import Tokenizer, TokenizerError, load_tokenizer
-from tokenizer.io import fsync_dir
+from tokenizer.io import fsync_dir, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_STATE_FILE = "trainer_state.pt"
 LATEST_FILE = "latest"
+MAX_BLOCK_SIZE = 1 << 20
+"""The longest context a loaded checkpoint may claim (its RoPE tables are built for all of it)."""
+MAX_CONFIG_BYTES = 16 << 20
+"""``config.json`` is a few kilobytes; anything past this is not one."""
 
 
 class CheckpointError(ValueError):
@@ -172,9 +177,13 @@ def read_config(directory: Path) -> tuple[ModelConfig, dict[str, Any]]:
     """The model config and the whole metadata of a checkpoint, validated."""
     cfg_path = directory / CONFIG_FILE
     try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+        meta = json.loads(read_regular_file(cfg_path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{cfg_path}: missing") from None
+    except TokenizerError as exc:  # not a regular file, or too large
+        raise CheckpointError(str(exc)) from None
+    except OSError as exc:
+        raise CheckpointError(f"{cfg_path}: cannot read ({exc.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -212,12 +221,54 @@ def load_checkpoint(
         raise CheckpointError(
             f"{directory}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
         )
+    check_weights_fit(config, directory / WEIGHTS_FILE)
     model = build_model(config)
     load_weights_into(model, directory)
     device = resolve_device(device)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()
     return model, tok, config
+
+
+def weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from the safetensors header alone (no tensor is read)."""
+    if not weights.is_file() and not weights.exists():
+        raise CheckpointError(f"{weights}: missing")
+    if not stat.S_ISREG(weights.stat().st_mode):
+        raise CheckpointError(f"{weights}: not a regular file (a FIFO, device or socket is never read)")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights}: not a valid safetensors file ({exc})") from None
+
+
+def check_weights_fit(config: ModelConfig, weights: Path) -> None:
+    """Refuse a config the weights file does not describe, before anything is allocated: a
+    hostile or mistaken ``config.json`` (``n_embd: 1e9``, ``n_layer: 1e7``) would otherwise
+    build terabytes or spend minutes building. Every size in the config is bounded by the
+    header first (no width beyond the widest tensor, no more layers than tensors); then the
+    model is built on the ``meta`` device (shapes only, no memory) and every tensor's shape
+    must match the header's."""
+    if getattr(config, "block_size", 0) > MAX_BLOCK_SIZE:
+        raise CheckpointError(f"{weights.parent / CONFIG_FILE}: model.block_size = {config.block_size} is over the "
+                              f"{MAX_BLOCK_SIZE:,} positions lmforge builds position tables for")
+    shapes = weight_shapes(weights)
+    widest = max((max(shape) for shape in shapes.values() if shape), default=0)
+    sizes = {k: v for k, v in to_dict(config).items()
+             if isinstance(v, int) and not isinstance(v, bool) and k not in ("block_size", "mlp_ratio")}
+    for key, value in sizes.items():
+        limit = len(shapes) if key == "n_layer" else widest
+        if value > limit:
+            what = "tensors in it" if key == "n_layer" else "its widest tensor dimension"
+            raise CheckpointError(f"{weights}: weights do not match config.json: model.{key} = {value} does not "
+                                  f"fit ({limit} {what})")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    for name, shape in shapes.items():
+        if name in expected and expected[name] != shape:
+            raise CheckpointError(f"{weights}: weights do not match config.json: {name} is {list(shape)}, "
+                                  f"the config makes it {list(expected[name])}")
 
 
 @contextlib.contextmanager

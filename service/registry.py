@@ -5,7 +5,10 @@ A model is a checkpoint (a directory holding ``config.json``) or a training run 
 at) -- the checkpoints directory itself or one of its subdirectories. Its name is the directory's
 name, the run's for a run directory (``--checkpoints runs`` serves ``runs/ptb-word`` as
 ``ptb-word``, never as ``best`` or ``step-00000121``). Names from requests are only ever looked up in the dict of loaded models,
-never joined into a path, so no request can reach outside the checkpoints directory. A
+never joined into a path, so no request can reach outside the checkpoints directory. Symlinks in
+the checkpoints directory are followed: the directory is the operator's, and a link to a
+checkpoint kept elsewhere is served like one inside it (what a link may point at is the
+operator's choice; a request can only ever name a model already loaded). A
 checkpoint that fails to load is logged and skipped: one bad directory does not take the others
 down.
 """
@@ -13,6 +16,7 @@ down.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,12 +136,34 @@ class ModelRegistry:
         threads.apply(self.settings.torch_threads, reserve=1)  # the free cores, less one
         for name, path in discover(self.settings.checkpoints, self.settings.models).items():
             try:
-                pipeline = Pipeline.from_checkpoint(path, device=self.settings.device, name=name, dtype=self.settings.dtype)
+                pipeline = self._load_bounded(name, path)
             except Exception as exc:  # any bad checkpoint is skipped, whatever the failure
                 log.error("skipping model %r at %s: %s", name, path, exc)
                 self.failed[name] = str(exc)
                 continue
             self.add(name, path, pipeline)
+
+    def _load_bounded(self, name: str, path: Path) -> Pipeline:
+        """Load one checkpoint within ``load_timeout_s``: a directory that makes loading hang (a
+        filesystem that never answers) costs that long and is skipped, never the whole startup.
+        The abandoned load runs on in a daemon thread, which the process does not wait for."""
+        box: dict[str, Any] = {}
+
+        def load() -> None:
+            try:
+                box["pipeline"] = Pipeline.from_checkpoint(path, device=self.settings.device, name=name,
+                                                           dtype=self.settings.dtype)
+            except BaseException as exc:  # noqa: BLE001 -- handed to the waiting thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=load, name=f"load-{name}", daemon=True)
+        worker.start()
+        worker.join(self.settings.load_timeout_s)
+        if worker.is_alive():
+            raise TimeoutError(f"loading took over {self.settings.load_timeout_s:g} s (load_timeout_s)")
+        if "error" in box:
+            raise box["error"]
+        return box["pipeline"]
 
     def why_empty(self) -> str:
         """Why no model is served, in one line: what failed to load, or what was looked for."""

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         10.0, gt=0, description="on shutdown, seconds to let open requests and streams finish before closing them"
     )
+    load_timeout_s: float = Field(
+        120.0, gt=0, description="seconds one checkpoint may take to load before it is skipped (the others still serve)"
+    )
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")
 
     @field_validator("models", mode="before")

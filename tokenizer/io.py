@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -106,6 +107,29 @@ def check_inputs(inputs: Sequence[PathLike] | PathLike) -> list[Path]:
 def empty_corpus_error(path: PathLike, what: str) -> TokenizerError:
     """The error for an input that has bytes but nothing a tokenizer can learn from."""
     return TokenizerError(f"{path}: empty corpus (no {what} to train on)")
+
+
+MAX_FILE_BYTES = 256 << 20
+"""The largest metadata or vocabulary file read whole (``tokenizer.json``, ``tokenizer.model``,
+``config.json``): far above any real one, far below what a hostile one could make us allocate."""
+
+
+def read_regular_file(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of ``path``, which must be a regular file (followed through symlinks) of at most
+    ``max_bytes``. A FIFO, a device (``/dev/zero``) or a socket is refused before it is opened --
+    opening a FIFO would block forever -- and so is an oversized file. Raises
+    ``FileNotFoundError`` for a missing file and ``TokenizerError`` for the rest."""
+    path = Path(path)
+    info = path.stat()  # FileNotFoundError propagates: callers say what a missing file means
+    if not stat.S_ISREG(info.st_mode):
+        raise TokenizerError(f"{path}: not a regular file (a FIFO, device or socket is never read)")
+    if info.st_size > max_bytes:
+        raise TokenizerError(f"{path}: {info.st_size:,} bytes, over the {max_bytes:,}-byte limit for this file")
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TokenizerError(f"{path}: grew past the {max_bytes:,}-byte limit while being read")
+    return data
 
 
 def count_corpus(

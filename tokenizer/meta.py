@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from tokenizer.base import SPECIAL_PIECES, Tokenizer
 from tokenizer.errors import TokenizerError
-from tokenizer.io import PathLike, write_atomic
+from tokenizer.io import PathLike, read_regular_file, write_atomic
 
 META_FILE = "tokenizer.json"
 META_FORMAT = "lmforge-tokenizer"
@@ -74,7 +74,7 @@ def read_file(path: Path, if_missing: str) -> bytes:
     """The bytes of one of a tokenizer directory's files; a missing file is an error that says
     ``if_missing`` (what its absence means), an unreadable one says why."""
     try:
-        return path.read_bytes()
+        return read_regular_file(path)
     except FileNotFoundError:
         raise TokenizerError(f"{path}: missing ({if_missing})") from None
     except OSError as exc:
