@@ -18,7 +18,7 @@ from service.deps import authenticate, require_api_key
 from service.errors import install_error_handlers
 from service.generation import ClientGone
 from service.metrics import Metrics
-from service.middleware import DeclaredBodyLimit, RequestContextMiddleware
+from service.middleware import BodyTimeout, DeclaredBodyLimit, RequestContextMiddleware
 from service.registry import ModelRegistry
 from service.routes import completions, docs, generate, health, models, perplexity, playground
 from service.settings import Settings
@@ -95,6 +95,7 @@ def create_app(
     docs.mount_assets(app)
 
     # Added innermost first: context (outermost) -> declared body size -> routes.
+    app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s, metrics=metrics)
     app.add_middleware(DeclaredBodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace, *, source: Any) -> int:
     from lm.config import ConfigError
     from service.app import create_app
     from service.metrics import Metrics
+    from service.protocol import with_header_timeout
     from service.registry import ModelRegistry
     from service.settings import Settings
 
@@ -95,5 +96,6 @@ def run(args: argparse.Namespace, *, source: Any) -> int:
     app = create_app(settings, registry=registry)
     log.info("lmforge serve: http://%s:%s (checkpoints: %s)", settings.host, settings.port, settings.checkpoints)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=settings.shutdown_timeout_s)
+                timeout_graceful_shutdown=settings.shutdown_timeout_s, limit_concurrency=settings.max_connections,
+                timeout_keep_alive=settings.keep_alive_s, http=with_header_timeout(settings.header_timeout_s))
     return 0

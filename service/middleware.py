@@ -7,6 +7,7 @@ dependency (``service.deps.require_api_key``); the body limit is FastAPI's (``se
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -15,7 +16,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import body_too_large, error_response
+from service.errors import APIError, body_too_large, error_response
 from service.metrics import Metrics
 
 access_log = logging.getLogger("lmforge.access")
@@ -136,3 +137,56 @@ class DeclaredBodyLimit:
             await error_response(body_too_large(self.max_bytes))(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class BodyTimeout:
+    """Answer 408 when a request body stops arriving for ``timeout_s`` seconds.
+
+    uvicorn bounds connections (``limit_concurrency``) and idle keep-alive, but not how long a
+    client may take to send the body it announced: 200 connections dribbling a byte now and then
+    would each hold a slot, and a worker's time, indefinitely. Only receives before the body is
+    complete are timed; afterwards ``receive`` is how a streaming response learns that its client
+    left, and must wait as long as the stream runs. On a timeout the 408 is sent here (the app
+    then sees the client as gone and anything it still sends is dropped).
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float, metrics: Metrics) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+        started = False
+        answered = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done, answered
+            if body_done or answered:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                if not started:
+                    answered = True
+                    self.metrics.rejected.labels("body_timeout").inc()
+                    err = APIError(408, f"request body not received within {self.timeout_s:g} s (body_timeout_s)",
+                                   code="body_timeout", headers={"Connection": "close"})
+                    await error_response(err)(scope, receive, send)
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return  # the 408 went out; what the app still sends has no one to go to
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, timed_receive, guarded_send)

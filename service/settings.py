@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         10.0, gt=0, description="on shutdown, seconds to let open requests and streams finish before closing them"
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a connection may take to send a request's headers before it is closed"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a request body may pause while arriving before the request gets 408"
+    )
+    max_connections: int = Field(
+        512, ge=1, description="open connections (and requests) at once; past it new ones get 503 (uvicorn's limit_concurrency)"
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open")
     load_timeout_s: float = Field(
         120.0, gt=0, description="seconds one checkpoint may take to load before it is skipped (the others still serve)"
     )
