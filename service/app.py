@@ -20,7 +20,16 @@ from service.generation import ClientGone
 from service.metrics import Metrics
 from service.middleware import BodyTimeout, DeclaredBodyLimit, RequestContextMiddleware
 from service.registry import ModelRegistry
-from service.routes import completions, docs, generate, health, models, perplexity, playground
+from service.routes import (
+    completions,
+    docs,
+    generate,
+    health,
+    models,
+    perplexity,
+    playground,
+    tokenize,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,7 +97,7 @@ def create_app(
     private = [Depends(require_api_key)] if keyed else []
     for router, dependencies in (
         (generate.router, private), (completions.router, private), (perplexity.router, private),
-        (models.router, private), (health.router, private),
+        (models.router, private), (health.router, private), (tokenize.router, private),
         (health.public, []), (playground.router, []), (docs.router, []),
     ):
         app.include_router(router, dependencies=dependencies, max_body_size=settings.max_body_bytes)
