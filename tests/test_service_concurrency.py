@@ -74,3 +74,40 @@ def test_streams_and_plain_requests_together(client: TestClient) -> None:
         results = list(pool.map(lambda i: stream() if i % 2 else run(client, "tiny", "ROMEO:")[0]["text"], range(6)))
     assert results == [expected] * 6
     assert client.app.state.registry.models["tiny"].scheduler.depth == 0
+
+
+def test_the_readme_guarantee_seeded_and_greedy_alone_equal_among_fifteen_others(client: TestClient) -> None:
+    """README: a seeded sample and a greedy request give identical text alone and batched with 15
+    other requests of every strategy (unseeded samples, beams, penalties, bans, scoring)."""
+    watched = [("ROMEO:", {"strategy": "sample", "seed": 7, "temperature": 0.9, "top_p": 0.9}),
+               ("To be", {})]
+    alone = [run(client, "tiny", p, **o) for p, o in watched]
+    others = [
+        ("a", {"strategy": "sample"}), ("b", {"strategy": "sample", "temperature": 1.5, "top_k": 3}),
+        ("c", {"strategy": "beam", "num_beams": 4, "num_return_sequences": 2}),
+        ("d", {"strategy": "beam", "num_beams": 2, "length_penalty": 0.5, "no_repeat_ngram_size": 2}),
+        ("e", {"repetition_penalty": 1.3}), ("f", {"strategy": "sample", "min_p": 0.1, "seed": 3}),
+        ("g", {"strategy": "sample", "num_return_sequences": 3}), ("h", {"no_repeat_ngram_size": 1}),
+        ("i", {"stop": ["e"]}), ("j", {"strategy": "sample", "temperature": 0.01}),
+        ("k", {"strategy": "beam", "num_beams": 3, "early_stopping": False}),
+        ("l", {"strategy": "sample", "top_p": 0.5, "repetition_penalty": 0.8}),
+        ("m", {"max_new_tokens": 3}), ("n", {"strategy": "sample", "seed": 9, "num_return_sequences": 2}),
+    ]
+
+    def job(i: int) -> object:
+        if i < len(watched):
+            return run(client, "tiny", watched[i][0], **watched[i][1])
+        if i == len(watched) + len(others):
+            r = client.post("/v1/perplexity", json={"model": "tiny", "texts": ["To be, or not to be"]})
+            assert r.status_code == 200
+            return None
+        prompt, opts = others[i - len(watched)]
+        return run(client, "tiny", prompt, **opts)
+
+    n = len(watched) + len(others) + 1  # 2 watched + 15 others
+    assert n - len(watched) == 15
+    for _ in range(2):
+        with ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(job, range(n)))
+        assert results[: len(watched)] == alone
+    assert max_batch(client, "tiny") > 4, "the requests never shared a decode step"
