@@ -74,11 +74,15 @@ def derive(tokenizer: Tokenizer, held_out: str) -> Example:
     """The example for a model trained with ``tokenizer``, prompted from ``held_out`` text.
 
     A word tokenizer with ``<eos>`` at line ends would stop at the end of the first sentence:
-    its example keeps going (``stop_at_eos`` false), a few sentences, one per line.
+    its example keeps going (``stop_at_eos`` false), a few sentences, one per line. A word
+    model's ``<unk>`` stands for every rare word at once, so it is its most likely token in many
+    places and reads as noise: the example suppresses it.
     """
     params: dict[str, Any] = {**SAMPLING, "max_new_tokens": NEW_TOKENS.get(tokenizer.kind, 150)}
     if getattr(tokenizer, "eos_at_newline", False):
         params["stop_at_eos"] = False
+    if tokenizer.kind == "word":
+        params["suppress_tokens"] = [tokenizer.unk_id]
     return Example(prompt_from(held_out), params)
 
 

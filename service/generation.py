@@ -79,6 +79,27 @@ def build_params(options: dict[str, Any], *, names: dict[str, str] | None = None
         raise APIError(422, str(exc), param=field, code="invalid_parameter") from None
 
 
+def logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``logit_bias`` (ids as string keys) as the engine's pairs; a key that is not an
+    id is a 422 naming the field (the values are checked by the engine)."""
+    pairs = []
+    for key, value in (bias or {}).items():
+        if not key.isdigit():
+            raise APIError(422, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias",
+                           code="invalid_parameter")
+        pairs.append((int(key), value))
+    return tuple(pairs)
+
+
+def check_token_ids(served: ServedModel, params: GenerationParams) -> None:
+    """Every id the parameters name is in the model's vocabulary (else a 422 naming the field)."""
+    vocab = served.vocab_size
+    for name, token in params.token_ids():
+        if token >= vocab:
+            raise APIError(422, f"{name} names token id {token}, outside the vocabulary [0, {vocab})", param=name,
+                           code="invalid_parameter")
+
+
 def encode_prompts(served: ServedModel, texts: Sequence[str], settings: Settings, field: str, *, single: bool) -> list[Prompt]:
     """Encode and check each prompt against ``max_prompt_tokens``; errors name ``field[i]``."""
     count_limit(len(texts), settings, field)

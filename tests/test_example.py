@@ -39,6 +39,8 @@ def test_derive_samples_and_lets_a_word_model_run_past_line_ends(tmp_path: Path)
     (tmp_path / "c.txt").write_text(SPEECH * 3)
     word = derive(train_tokenizer("word", [tmp_path / "c.txt"]), "\n" + SPEECH)
     assert word.params["stop_at_eos"] is False and word.params["max_new_tokens"] < char.params["max_new_tokens"]
+    assert word.params["suppress_tokens"] == [1] and "suppress_tokens" not in char.params  # <unk>
+    GenerationParams(**word.params)
 
 
 def test_example_round_trips_through_a_checkpoint_and_export(tmp_path: Path) -> None:

@@ -84,3 +84,18 @@ def test_errors_map_to_openai_exceptions(client: OpenAI, base_url: str) -> None:
         client.completions.create(model="tiny", prompt="a", max_tokens=10**6)
     with pytest.raises(openai.AuthenticationError):
         OpenAI(base_url=base_url, api_key="wrong", max_retries=0).completions.create(model="tiny", prompt="a")
+
+
+def test_logit_bias_through_the_official_client(client: OpenAI, base_url: str) -> None:
+    import httpx
+
+    info = httpx.post(f"{base_url.removesuffix('/v1')}/tokenize", json={"model": "tiny", "prompt": "q",
+                                                                        "add_special_tokens": False},
+                      headers={"Authorization": f"Bearer {KEY}"}).json()
+    q = info["tokens"][0]
+    c = client.completions.create(model="tiny", prompt="To be", max_tokens=5, temperature=0,
+                                  logit_bias={str(q): 100})
+    assert c.choices[0].text == "qqqqq"
+    c = client.completions.create(model="tiny", prompt="To be", max_tokens=5, temperature=0.7, seed=2,
+                                  logit_bias={str(q): -100})
+    assert "q" not in c.choices[0].text

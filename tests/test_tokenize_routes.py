@@ -4,7 +4,6 @@ kind: the ids are the ones generation and scoring use and count."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient

@@ -80,7 +80,7 @@ class BeamSearch:
             return []
         logits = batch.forward().float()  # [R, V]
         rows = batch.rows
-        if any(r.request.params.repetition_penalty != 1.0 or r.request.params.no_repeat_ngram_size for r in rows):
+        if any(r.request.params.constrains for r in rows):
             sampler = RowSampler([r.request.params for r in rows], batch.device)
             seen = batch.seen_mask(logits.shape[1]) if sampler.any_penalty else None
             logits = sampler.constrain(logits, seen, [r.tokens[r.request.start :] for r in rows])

@@ -48,7 +48,9 @@ class GenerationParams:
     ``greedy`` takes the most likely token; ``sample`` draws from the distribution shaped by
     ``temperature`` (0 means greedy), ``top_k``, ``top_p`` and ``min_p``; ``beam`` keeps
     ``num_beams`` hypotheses ranked by log-probability / length ** ``length_penalty``.
-    ``repetition_penalty`` and ``no_repeat_ngram_size`` apply to every strategy. ``seed`` makes a
+    ``repetition_penalty``, ``no_repeat_ngram_size``, ``logit_bias`` (token id -> a number in
+    [-100, 100] added to its logit, OpenAI's semantics) and ``suppress_tokens`` (ids never
+    chosen) apply to every strategy. ``seed`` makes a
     sampled request reproducible whatever else is decoded with it. Generation ends at
     ``max_new_tokens``, at ``<eos>`` (if ``stop_at_eos``) or when the text contains one of
     ``stop`` (which is cut off and not returned).
@@ -69,6 +71,9 @@ class GenerationParams:
     no_repeat_ngram_size: int = 0
     stop: tuple[str, ...] = ()
     stop_at_eos: bool = True
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs; a mapping is accepted and stored sorted."""
+    suppress_tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -103,6 +108,34 @@ class GenerationParams:
         object.__setattr__(self, "stop", tuple(stop))  # accept a str or a list, store a tuple
         if not isinstance(self.stop_at_eos, bool):
             raise ParamError("stop_at_eos", f"stop_at_eos must be true or false, got {self.stop_at_eos!r}")
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+        pairs = []
+        for pair in bias:
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise ParamError("logit_bias", f"logit_bias must map token ids to numbers, got {self.logit_bias!r}")
+            token, value = pair
+            _int("logit_bias", token, 0)
+            if not -100 <= _number("logit_bias", value) <= 100:
+                raise ParamError("logit_bias", f"logit_bias values must be in [-100, 100], got {value} for {token}")
+            pairs.append((int(token), float(value)))
+        if len({t for t, _ in pairs}) != len(pairs):
+            raise ParamError("logit_bias", "logit_bias names a token id twice")
+        object.__setattr__(self, "logit_bias", tuple(sorted(pairs)))
+        if not isinstance(self.suppress_tokens, tuple | list):
+            raise ParamError("suppress_tokens", f"suppress_tokens must be a list of token ids, got {self.suppress_tokens!r}")
+        for token in self.suppress_tokens:
+            _int("suppress_tokens", token, 0)
+        object.__setattr__(self, "suppress_tokens", tuple(sorted({int(t) for t in self.suppress_tokens})))
+
+    @property
+    def constrains(self) -> bool:
+        """Whether any constraint (penalty, bias, suppression, n-gram ban) changes the logits."""
+        return (self.repetition_penalty != 1.0 or bool(self.no_repeat_ngram_size) or bool(self.logit_bias)
+                or bool(self.suppress_tokens))
+
+    def token_ids(self) -> list[tuple[str, int]]:
+        """``(field, id)`` for every token id the parameters name (checked against a vocabulary)."""
+        return [("logit_bias", t) for t, _ in self.logit_bias] + [("suppress_tokens", t) for t in self.suppress_tokens]
 
     @property
     def rows(self) -> int:

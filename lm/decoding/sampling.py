@@ -5,8 +5,8 @@ and one call transforms the whole batch. ``RowSampler`` applies them in this ord
 of HF's logits processors):
 
 1. constraints, which change what the model's distribution *is* for this request, so reported
-   log-probabilities and beam scores include them: ``repetition_penalty``, then banned tokens
-   (``banned_ngram_tokens`` -> ``ban``);
+   log-probabilities and beam scores include them: ``repetition_penalty``, ``logit_bias``, then
+   banned tokens (``suppress_tokens`` and ``banned_ngram_tokens`` -> ``ban``);
 2. shapers, which only change how a token is drawn: ``temperature``, ``top_k``, ``top_p``,
    ``min_p``. ``top_k`` and ``top_p`` work on candidates sorted once, most likely first: when
    every sampled row has a ``top_k``, only the best ``max(k)`` candidates are kept (a ``topk``
@@ -131,6 +131,13 @@ class RowSampler:
         self.any_penalty = any(p.repetition_penalty != 1.0 for p in params)
         self.ngram = [p.no_repeat_ngram_size for p in params]
         self.any_ngram = any(self.ngram)
+        bias = [(i, t, b) for i, p in enumerate(params) for t, b in p.logit_bias]
+        self.bias = None
+        if bias:
+            rows, tokens, values = zip(*bias, strict=True)
+            self.bias = (torch.tensor(rows, device=device), torch.tensor(tokens, device=device),
+                         torch.tensor(values, dtype=torch.float32, device=device))
+        self.suppressed = [(i, t) for i, p in enumerate(params) for t in p.suppress_tokens]
         if self.any_sampled:
             # Greedy rows in a mixed batch get neutral settings; their draw is replaced by argmax.
             sampled = [p for p, s in zip(params, self.sampled, strict=True) if s]
@@ -148,16 +155,21 @@ class RowSampler:
             self.any_min_p = any(p.min_p > 0.0 for p in sampled)
 
     def constrain(self, logits: Tensor, seen: Tensor | None, histories: Sequence[Sequence[int]]) -> Tensor:
-        """Apply the constraints (repetition penalty, no-repeat n-grams) to float logits."""
+        """Apply the constraints (repetition penalty, logit bias, suppressed tokens, no-repeat
+        n-grams) to float logits."""
         if self.any_penalty and seen is not None:
             logits = repetition_penalty(logits, seen, self.penalty)
-        if self.any_ngram:
-            rows: list[int] = []
-            tokens: list[int] = []
-            for i, (n, history) in enumerate(zip(self.ngram, histories, strict=True)):
-                banned = banned_ngram_tokens(history, n)
-                rows += [i] * len(banned)
-                tokens += banned
+        if self.bias is not None:
+            rows_t, tokens_t, values = self.bias
+            logits = logits.index_put((rows_t, tokens_t), values.to(logits.dtype), accumulate=True)
+        if self.any_ngram or self.suppressed:
+            rows: list[int] = [i for i, _ in self.suppressed]
+            tokens: list[int] = [t for _, t in self.suppressed]
+            if self.any_ngram:
+                for i, (n, history) in enumerate(zip(self.ngram, histories, strict=True)):
+                    banned = banned_ngram_tokens(history, n)
+                    rows += [i] * len(banned)
+                    tokens += banned
             logits = ban(logits, rows, tokens)
         return logits
 

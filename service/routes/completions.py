@@ -31,11 +31,13 @@ from service.generation import (
     Prompt,
     build_params,
     check_decoding_limits,
+    check_token_ids,
     collect,
     count_limit,
     encode_prompts,
     event_stream,
     events_until_done,
+    logit_bias,
     now,
     owned,
     prompt_token_texts,
@@ -118,7 +120,7 @@ def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, set
     max_tokens = settings.max_new_tokens if body.max_tokens is None else body.max_tokens
     temperature = 1.0 if body.temperature is None else body.temperature
     greedy = temperature == 0
-    options: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": tuple(stop)}
+    options: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": tuple(stop), "logit_bias": logit_bias(body.logit_bias)}
     if greedy:
         options["strategy"] = "greedy"
     else:
@@ -126,6 +128,7 @@ def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, set
                        seed=body.seed, num_return_sequences=n)
     check_decoding_limits(settings, {**options, "num_return_sequences": n}, names=OPENAI_NAMES)
     params = build_params(options, names=OPENAI_NAMES)
+    check_token_ids(served, params)
     prompts = _prompts(body, served, settings)
     log = request.state.log
     log.update(model=served.name, strategy=params.strategy, prompts=len(prompts),

@@ -16,9 +16,11 @@ from service.generation import (
     Prompt,
     build_params,
     check_decoding_limits,
+    check_token_ids,
     collect,
     encode_prompts,
     events_until_done,
+    logit_bias,
     now,
     owned,
     sse,
@@ -63,7 +65,9 @@ def prepare(body: GenerateRequest, request: Request, registry: ModelRegistry, se
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
     if len(stop) > 16 or any(not s for s in stop):
         raise APIError(422, "stop takes up to 16 non-empty strings", param="stop", code="invalid_stop")
+    options.update(logit_bias=logit_bias(body.logit_bias), suppress_tokens=tuple(body.suppress_tokens or ()))
     params = build_params({**options, "stop": tuple(stop)})
+    check_token_ids(served, params)
     single = body.prompt is not None
     texts = [body.prompt] if single else body.prompts
     field = "prompt" if single else "prompts"

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from service.schemas.common import INT32, INT63, ModelName, RequestBody, Usage
+from service.schemas.generate import LogitBias
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
@@ -37,6 +38,7 @@ class CompletionRequest(RequestBody):
     presence_penalty: float | None = Field(0.0, ge=0, le=0, description="only 0 is supported")
     frequency_penalty: float | None = Field(0.0, ge=0, le=0, description="only 0 is supported")
     user: str | None = Field(None, max_length=256, description="ignored")
+    logit_bias: LogitBias = None
 
     model_config = {
         "json_schema_extra": {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -17,6 +17,11 @@ Strategy = Literal["greedy", "sample", "beam"]
 FinishReason = Literal["length", "stop", "eos", "banned"]
 """``banned``: no token was left to choose (``no_repeat_ngram_size`` had banned them all)."""
 StopStrings = str | list[str] | None
+LogitBias = Annotated[
+    dict[str, float] | None,
+    Field(None, description="token id (a string, as in OpenAI's API) -> a number in [-100, 100] "
+                                          "added to its logit; -100 all but bans it, 100 all but forces it"),
+]
 
 
 class DecodingOptions(RequestBody):
@@ -42,6 +47,10 @@ class DecodingOptions(RequestBody):
     no_repeat_ngram_size: int = Field(_D["no_repeat_ngram_size"], ge=0, le=INT32, description="beam: ban repeated n-grams")
     stop: StopStrings = Field(None, description="stop string(s); the text ends before the first match")
     stop_at_eos: bool = Field(_D["stop_at_eos"], description="end a sequence at the end-of-sequence token")
+    logit_bias: LogitBias = None
+    suppress_tokens: list[int] | None = Field(
+        None, description="token ids never chosen (e.g. ptb-word's <unk>, id 1; see GET /tokenizer_info)"
+    )
 
 
 class GenerateRequest(DecodingOptions):
