@@ -99,3 +99,24 @@ def test_logit_bias_through_the_official_client(client: OpenAI, base_url: str) -
     c = client.completions.create(model="tiny", prompt="To be", max_tokens=5, temperature=0.7, seed=2,
                                   logit_bias={str(q): -100})
     assert "q" not in c.choices[0].text
+
+
+def test_beam_search_through_the_official_client(client: OpenAI, base_url: str) -> None:
+    """``use_beam_search`` (vLLM's extension field) reaches lmforge's beam search: the n best of
+    best_of beams, the same as /v1/generate's beam strategy gives."""
+    import httpx
+
+    c = client.completions.create(model="tiny", prompt="To be", max_tokens=8, n=2,
+                                  extra_body={"use_beam_search": True, "best_of": 4})
+    texts = [choice.text for choice in c.choices]
+    ref = httpx.post(f"{base_url.removesuffix('/v1')}/v1/generate", headers={"Authorization": f"Bearer {KEY}"},
+                     json={"model": "tiny", "prompt": "To be", "max_new_tokens": 8, "strategy": "beam",
+                           "num_beams": 4, "num_return_sequences": 2}).json()
+    assert texts == [ch["text"] for ch in ref["choices"]]
+    stream = client.completions.create(model="tiny", prompt="To be", max_tokens=8, n=2, stream=True,
+                                       extra_body={"use_beam_search": True, "best_of": 4})
+    streamed = {0: "", 1: ""}
+    for chunk in stream:
+        for ch in chunk.choices:
+            streamed[ch.index] += ch.text
+    assert [streamed[0], streamed[1]] == texts

@@ -2,7 +2,9 @@
 
 Mapping onto the engine: ``temperature: 0`` decodes greedily (OpenAI's convention), anything
 else samples with ``temperature``/``top_p``/``seed``; ``n`` becomes ``num_return_sequences``
-(greedy sequences are identical, so one is decoded and repeated). ``logprobs: k`` returns the
+(greedy sequences are identical, so one is decoded and repeated). ``use_beam_search`` (an
+extension, as in vLLM) decodes with ``best_of`` beams and returns the ``n`` best, best first.
+``logprobs: k`` returns the
 chosen token's log-probability; ``top_logprobs`` lists only that token (the engine reports no
 alternatives). ``finish_reason`` is ``length`` at ``max_tokens``, else ``stop`` (a stop string,
 end-of-sequence, or no token left to choose).
@@ -112,22 +114,26 @@ def _prompts(body: CompletionRequest, served: ServedModel, settings: Settings) -
 def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, settings: Settings) -> Plan:
     served = resolve_model(registry, body.model, settings)
     n = body.n or 1
-    if body.best_of is not None and body.best_of != n:
-        raise APIError(422, "best_of is only supported equal to n", param="best_of", code="unsupported")
+    if body.best_of is not None and body.best_of != n and not body.use_beam_search:
+        raise APIError(422, "best_of is only supported equal to n (or as the beam width with use_beam_search)",
+                       param="best_of", code="unsupported")
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
     if len(stop) > MAX_STOP or any(not s for s in stop):
         raise APIError(422, f"stop takes up to {MAX_STOP} non-empty strings", param="stop", code="invalid_stop")
     max_tokens = settings.max_new_tokens if body.max_tokens is None else body.max_tokens
     temperature = 1.0 if body.temperature is None else body.temperature
-    greedy = temperature == 0
+    greedy = temperature == 0 and not body.use_beam_search
     options: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": tuple(stop), "logit_bias": logit_bias(body.logit_bias)}
-    if greedy:
+    if body.use_beam_search:
+        options.update(strategy="beam", num_beams=body.best_of or max(n, 4), num_return_sequences=n,
+                       length_penalty=body.length_penalty, early_stopping=body.early_stopping)
+    elif greedy:
         options["strategy"] = "greedy"
     else:
         options.update(strategy="sample", temperature=temperature, top_p=1.0 if body.top_p is None else body.top_p,
                        seed=body.seed, num_return_sequences=n)
-    check_decoding_limits(settings, {**options, "num_return_sequences": n}, names=OPENAI_NAMES)
-    params = build_params(options, names=OPENAI_NAMES)
+    check_decoding_limits(settings, {**options, "num_return_sequences": n}, names={**OPENAI_NAMES, "num_beams": "best_of"})
+    params = build_params(options, names={**OPENAI_NAMES, "num_beams": "best_of"})
     check_token_ids(served, params)
     prompts = _prompts(body, served, settings)
     log = request.state.log
@@ -311,9 +317,15 @@ async def stream(p: Plan, submission: Submission, request: Request, settings: Se
                 for line in emit(*key, event.text, pieces):
                     yield line
             elif isinstance(event, FinishEvent):
-                completion_tokens += len(event.completion.token_ids) * p.repeat
-                pieces = aligner.finish(len(event.completion.text))
-                for line in emit(*key, event.text, pieces, finish=finish_reason(event.completion)):
+                c = event.completion
+                completion_tokens += len(c.token_ids) * p.repeat
+                text = event.text
+                if p.params.strategy == "beam":  # a beam's text is known only when the search ends
+                    for token_id, logprob in zip(c.token_ids, c.logprobs, strict=True):
+                        aligner.push(token_id, logprob, 0)
+                    text = c.text
+                pieces = aligner.finish(len(c.text))
+                for line in emit(*key, text, pieces, finish=finish_reason(c)):
                     yield line
         if include_usage:
             prompt_tokens = sum(len(x.ids) for x in p.prompts)

@@ -28,7 +28,7 @@ class CompletionRequest(RequestBody):
     temperature: float | None = Field(1.0, ge=0, le=2, description="0 decodes greedily")
     top_p: float | None = Field(1.0, ge=0, le=1)
     n: int | None = Field(1, ge=1, le=INT32, description="completions per prompt")
-    best_of: int | None = Field(None, ge=1, le=INT32, description="only n (or null) is supported")
+    best_of: int | None = Field(None, ge=1, le=INT32, description="equal to n, or with use_beam_search the beam width")
     stop: str | list[str] | None = Field(None, description="up to 4 stop strings")
     seed: int | None = Field(None, ge=0, le=INT63)
     logprobs: int | None = Field(None, ge=0, le=5, description="return log-probabilities of the chosen tokens")
@@ -39,6 +39,10 @@ class CompletionRequest(RequestBody):
     frequency_penalty: float | None = Field(0.0, ge=0, le=0, description="only 0 is supported")
     user: str | None = Field(None, max_length=256, description="ignored")
     logit_bias: LogitBias = None
+    use_beam_search: bool = Field(False, description="lmforge extension (as vLLM's): beam search with best_of beams "
+                                                     "(default max(n, 4)), the n best returned, best first")
+    length_penalty: float = Field(1.0, description="with use_beam_search: score / length**length_penalty")
+    early_stopping: bool = Field(True, description="with use_beam_search: stop once enough beams are finished")
 
     model_config = {
         "json_schema_extra": {
