@@ -11,8 +11,8 @@ idle machine, so lmforge keeps the spinning and counts the free cores instead: b
 (``choose``), and, for a long training run, again every few seconds (``ThreadGovernor``), so a
 neighbour that starts later costs a few seconds, not the run.
 
-Busy cores are measured from ``/proc/stat`` (Linux): CPU time spent by the whole machine minus
-this process's own, over a short interval. Elsewhere the count falls back to the usable cores.
+Busy cores are measured from ``/proc/stat`` (Linux): CPU time spent on the cores this process
+may use (its affinity) minus this process's own, over a short interval. Elsewhere the count falls back to the usable cores.
 An explicit count (``train.threads``, ``--threads``, ``torch_threads``) is used as given.
 """
 
@@ -35,17 +35,32 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _cpus() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
 def _machine_busy_seconds() -> float | None:
-    """CPU seconds all processes have spent so far (user, nice, system, irq, softirq, steal)."""
+    """CPU seconds all processes have spent so far (user, nice, system, irq, softirq, steal) on
+    the cores this process may use -- not the whole host, whose other cores (another
+    container's) are not ours to count."""
+    mine = _cpus()
     try:
         with open("/proc/stat", encoding="ascii") as f:
-            fields = f.readline().split()
+            lines = [line.split() for line in f if line.startswith("cpu")]
     except OSError:
         return None
-    if not fields or fields[0] != "cpu":
+    per_cpu = [fields for fields in lines if fields[0] != "cpu" and fields[0][3:].isdigit()]
+    chosen = [f for f in per_cpu if mine is None or int(f[0][3:]) in mine] or [f for f in lines if f[0] == "cpu"]
+    if not chosen:
         return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    ticks = 0
+    for fields in chosen:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+        ticks += user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _own_seconds() -> float:
