@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from fastapi import Depends, FastAPI, Request
@@ -19,6 +20,7 @@ from service.errors import install_error_handlers
 from service.generation import ClientGone
 from service.metrics import Metrics
 from service.middleware import BodyTimeout, DeclaredBodyLimit, RequestContextMiddleware
+from service.openapi import live_schema
 from service.registry import ModelRegistry
 from service.routes import (
     completions,
@@ -102,6 +104,14 @@ def create_app(
     ):
         app.include_router(router, dependencies=dependencies, max_body_size=settings.max_body_bytes)
     docs.mount_assets(app)
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:  # FastAPI's document, with the live limits written in
+        if app.openapi_schema is None:
+            app.openapi_schema = live_schema(build_schema(), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     # Added innermost first: context (outermost) -> declared body size -> routes.
     app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s, metrics=metrics)
