@@ -23,6 +23,7 @@ from service.middleware import BodyTimeout, DeclaredBodyLimit, RequestContextMid
 from service.openapi import live_schema
 from service.registry import ModelRegistry
 from service.routes import (
+    chat,
     completions,
     docs,
     generate,
@@ -98,7 +99,7 @@ def create_app(
     # dependency also puts the bearer scheme and each operation's `security` into the OpenAPI schema.
     private = [Depends(require_api_key)] if keyed else []
     for router, dependencies in (
-        (generate.router, private), (completions.router, private), (perplexity.router, private),
+        (generate.router, private), (completions.router, private), (chat.router, private), (perplexity.router, private),
         (models.router, private), (health.router, private), (tokenize.router, private),
         (health.public, []), (playground.router, []), (docs.router, []),
     ):

@@ -120,3 +120,27 @@ def test_beam_search_through_the_official_client(client: OpenAI, base_url: str) 
         for ch in chunk.choices:
             streamed[ch.index] += ch.text
     assert [streamed[0], streamed[1]] == texts
+
+
+def test_chat_completions_through_the_official_client(client: OpenAI) -> None:
+    """``chat.completions.create``, plain and streamed, against a base model: one assistant
+    message per choice, the same text either way, usage when asked."""
+    messages = [{"role": "system", "content": "A play."}, {"role": "user", "content": "Speak."}]
+    c = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+    assert c.object == "chat.completion" and c.choices[0].message.role == "assistant"
+    text = c.choices[0].message.content
+    assert isinstance(text, str) and c.choices[0].finish_reason in ("stop", "length")
+    assert c.usage is not None and c.usage.completion_tokens > 0
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert streamed == text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == c.usage.completion_tokens
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finishes == [c.choices[0].finish_reason]
+    sampled = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, n=2, seed=3,
+                                             temperature=0.8, logprobs=True, top_logprobs=1)
+    assert len(sampled.choices) == 2
+    lp = sampled.choices[0].logprobs
+    assert lp is not None and lp.content and lp.content[0].top_logprobs[0].token == lp.content[0].token

@@ -1,0 +1,165 @@
+"""``POST /v1/chat/completions``: OpenAI's chat API, so chat clients (the official ``openai``
+client's ``chat.completions.create``) work against a base model.
+
+The messages become one prompt (``service.chat.render``, a transcript ending ``Assistant:``) and
+the request runs through ``/v1/completions``' machinery -- the same planning, limits, queueing,
+stop handling and token texts -- with the turn boundary as an extra stop string; the answers are
+reshaped into chat's objects: ``message`` (non-streamed) or ``delta`` chunks (a first chunk with
+the role, then content deltas, a finish chunk, optionally usage, then ``data: [DONE]``). The
+reply's leading whitespace (after ``Assistant:``) is dropped. ``logprobs: true`` gives each
+token's log-probability; ``top_logprobs`` 0 or 1 (the chosen token only).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.sse import ServerSentEvent
+
+from service.chat import TURN_STOPS, render
+from service.deps import RegistryDep, SettingsDep, request_id
+from service.errors import ERROR_RESPONSES, APIError
+from service.generation import collect, event_stream, now, owned, sse, sse_content, submit
+from service.routes.completions import MAX_STOP, CompletionJob, choice, plan, stream
+from service.schemas.chat import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatRequest,
+    ChoiceLogprobs,
+    TokenLogprob,
+    TopLogprob,
+)
+from service.schemas.common import Usage
+from service.schemas.completions import CompletionLogprobs, CompletionRequest
+
+router = APIRouter(tags=["chat"])
+
+MAX_USER_STOP = MAX_STOP - len(TURN_STOPS)
+
+
+def completion_request(body: ChatRequest) -> CompletionRequest:
+    """The completions request a chat request stands for."""
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > MAX_USER_STOP:
+        raise APIError(422, f"stop takes up to {MAX_USER_STOP} strings here (the template adds its own)",
+                       param="stop", code="invalid_stop")
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    return CompletionRequest(
+        model=body.model, prompt=render(body.messages), max_tokens=max_tokens, temperature=body.temperature,
+        top_p=body.top_p, n=body.n, stop=[*TURN_STOPS, *stop], seed=body.seed,
+        logprobs=0 if body.logprobs else None, stream=body.stream, stream_options=body.stream_options,
+        logit_bias=body.logit_bias,
+    )
+
+
+async def chat_job(body: ChatRequest, request: Request, registry: RegistryDep,
+                   settings: SettingsDep) -> AsyncIterator[CompletionJob]:
+    """Plan and queue as ``/v1/completions`` does; errors about the prompt name ``messages``."""
+    try:
+        p = plan(completion_request(body), request, registry, settings)
+    except APIError as exc:
+        if exc.param == "prompt":
+            raise APIError(exc.status, str(exc).replace("prompt", "messages", 1), param="messages",
+                           code=exc.code, headers=exc.headers) from None
+        raise
+    rid = request_id(request)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    with owned(submit(p.served, p.prompts, p.params, rid, settings, stream=bool(body.stream))) as submission:
+        yield CompletionJob(p, submission, bool(body.stream), include_usage)
+
+
+def chat_logprobs(block: CompletionLogprobs | None, top: bool) -> ChoiceLogprobs | None:
+    if block is None:
+        return None
+    content = []
+    for token, lp in zip(block.tokens, block.token_logprobs, strict=True):
+        raw = list(token.encode("utf-8"))
+        content.append(TokenLogprob(token=token, logprob=lp, bytes=raw,
+                                    top_logprobs=[TopLogprob(token=token, logprob=lp, bytes=raw)] if top else []))
+    return ChoiceLogprobs(content=content)
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        200: {"description": "a chat completion, or with stream: true Server-Sent Events of chat.completion.chunk "
+                             "objects ending with data: [DONE]",
+              "content": sse_content(None, "JSON: a chat.completion.chunk, an ErrorBody, or the final [DONE]")},
+        **ERROR_RESPONSES,
+    },
+)
+async def chat_completions(
+    job: Annotated[CompletionJob, Depends(chat_job)],
+    body: ChatRequest,
+    request: Request,
+    settings: SettingsDep,
+) -> Any:
+    """OpenAI-compatible chat completions over a base model (streaming and not)."""
+    p = job.plan
+    rid = request_id(request)
+    top = bool(body.logprobs and body.top_logprobs)
+    if job.stream:
+        return event_stream(chat_chunks(stream(p, job.submission, request, settings, rid, job.include_usage),
+                                        rid, p.served.name, top))
+    results = await collect(job.submission, request, settings)
+    choices = []
+    for prompt_index, row in enumerate(results):
+        for c in row:
+            for _ in range(p.repeat):
+                ch = choice(p, prompt_index, c)
+                choices.append(ChatChoice(index=len(choices), message=AssistantMessage(content=ch.text.lstrip()),
+                                          logprobs=chat_logprobs(ch.logprobs, top), finish_reason=ch.finish_reason))
+    prompt_tokens = sum(len(x.ids) for x in p.prompts)
+    completion_tokens = sum(len(c.token_ids) for row in results for c in row) * p.repeat
+    request.state.log["completion_tokens"] = completion_tokens
+    return ChatCompletion(id=rid, created=now(), model=p.served.name, choices=choices,
+                          usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                      total_tokens=prompt_tokens + completion_tokens))
+
+
+async def chat_chunks(events: AsyncIterator[ServerSentEvent], rid: str, model: str,
+                      top: bool) -> AsyncIterator[ServerSentEvent]:
+    """Completion chunks reshaped as chat chunks: the role first, then content deltas."""
+    created = now()
+    started: set[int] = set()
+    text_begun: set[int] = set()
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> ServerSentEvent:
+        body: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        return sse(body)
+
+    async for event in events:
+        raw = event.raw_data or ""
+        data = None if raw == "[DONE]" else json.loads(raw)
+        if data is None or "error" in data:
+            yield event
+            continue
+        if not data["choices"]:
+            yield chunk([], data.get("usage"))
+            continue
+        for c in data["choices"]:
+            index = c["index"]
+            if index not in started:
+                started.add(index)
+                yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}])
+            text = c["text"]
+            if index not in text_begun:
+                text = text.lstrip()
+                if text:
+                    text_begun.add(index)
+            block = CompletionLogprobs(**c["logprobs"]) if c.get("logprobs") else None
+            lp = chat_logprobs(block, top)
+            if text or lp is not None:
+                yield chunk([{"index": index, "delta": {"content": text},
+                              "logprobs": None if lp is None else lp.model_dump(), "finish_reason": None}])
+            if c.get("finish_reason"):
+                yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": c["finish_reason"]}])
