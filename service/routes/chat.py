@@ -22,8 +22,8 @@ from fastapi.sse import ServerSentEvent
 from service.chat import TURN_STOPS, render
 from service.deps import RegistryDep, SettingsDep, request_id
 from service.errors import ERROR_RESPONSES, APIError
-from service.generation import collect, event_stream, now, owned, sse, sse_content, submit
-from service.routes.completions import MAX_STOP, CompletionJob, choice, plan, stream
+from service.generation import event_stream, now, owned, sse, sse_content, submit
+from service.routes.completions import MAX_STOP, CompletionJob, answer, plan, stream
 from service.schemas.chat import (
     AssistantMessage,
     ChatChoice,
@@ -33,7 +33,6 @@ from service.schemas.chat import (
     TokenLogprob,
     TopLogprob,
 )
-from service.schemas.common import Usage
 from service.schemas.completions import CompletionLogprobs, CompletionRequest
 
 router = APIRouter(tags=["chat"])
@@ -106,20 +105,11 @@ async def chat_completions(
     if job.stream:
         return event_stream(chat_chunks(stream(p, job.submission, request, settings, rid, job.include_usage),
                                         rid, p.served.name, top))
-    results = await collect(job.submission, request, settings)
-    choices = []
-    for prompt_index, row in enumerate(results):
-        for c in row:
-            for _ in range(p.repeat):
-                ch = choice(p, prompt_index, c)
-                choices.append(ChatChoice(index=len(choices), message=AssistantMessage(content=ch.text.lstrip()),
-                                          logprobs=chat_logprobs(ch.logprobs, top), finish_reason=ch.finish_reason))
-    prompt_tokens = sum(len(x.ids) for x in p.prompts)
-    completion_tokens = sum(len(c.token_ids) for row in results for c in row) * p.repeat
-    request.state.log["completion_tokens"] = completion_tokens
-    return ChatCompletion(id=rid, created=now(), model=p.served.name, choices=choices,
-                          usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                      total_tokens=prompt_tokens + completion_tokens))
+    completions, usage = await answer(p, job.submission, request, settings)
+    choices = [ChatChoice(index=ch.index, message=AssistantMessage(content=ch.text.lstrip()),
+                          logprobs=chat_logprobs(ch.logprobs, top), finish_reason=ch.finish_reason)
+               for ch in completions]
+    return ChatCompletion(id=rid, created=now(), model=p.served.name, choices=choices, usage=usage)
 
 
 async def chat_chunks(events: AsyncIterator[ServerSentEvent], rid: str, model: str,

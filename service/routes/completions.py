@@ -237,7 +237,14 @@ async def completions(
     rid = request_id(request)
     if job.stream:
         return event_stream(stream(p, job.submission, request, settings, rid, job.include_usage))
-    results = await collect(job.submission, request, settings)
+    choices, usage = await answer(p, job.submission, request, settings)
+    return CompletionResponse(id=rid, created=now(), model=p.served.name, choices=choices, usage=usage)
+
+
+async def answer(p: Plan, submission: Submission, request: Request, settings: Settings
+                 ) -> tuple[list[CompletionChoice], Usage]:
+    """The non-streamed choices (``n`` per prompt, in order) and the usage of a planned request."""
+    results = await collect(submission, request, settings)
     choices = []
     for prompt_index, row in enumerate(results):
         for c in row:
@@ -248,11 +255,8 @@ async def completions(
     prompt_tokens = sum(len(x.ids) for x in p.prompts)
     completion_tokens = sum(len(c.token_ids) for row in results for c in row) * p.repeat
     request.state.log["completion_tokens"] = completion_tokens
-    return CompletionResponse(
-        id=rid, created=now(), model=p.served.name, choices=choices,
-        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens),
-    )
+    return choices, Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          total_tokens=prompt_tokens + completion_tokens)
 
 
 async def stream(p: Plan, submission: Submission, request: Request, settings: Settings, rid: str,
