@@ -28,7 +28,7 @@ class Settings(BaseSettings):
 
     checkpoints: Path = Field(
         SHIPPED_CHECKPOINTS,
-        description="directory whose subdirectories holding config.json are served (or one checkpoint directory)",
+        description="what to serve: a directory of checkpoints and training runs (each run as one model, from its best/ or latest), or one checkpoint or run directory",
     )
     models: list[str] | None = Field(
         None, description="serve only these model names (subdirectory names); default: all"
