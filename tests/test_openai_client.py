@@ -144,3 +144,26 @@ def test_chat_completions_through_the_official_client(client: OpenAI) -> None:
     assert len(sampled.choices) == 2
     lp = sampled.choices[0].logprobs
     assert lp is not None and lp.content and lp.content[0].top_logprobs[0].token == lp.content[0].token
+
+
+def test_loglikelihood_scoring_the_way_evaluation_harnesses_do(client: OpenAI) -> None:
+    """``echo`` with ``max_tokens: 0`` and ``logprobs``: the prompt's tokens with their
+    log-probabilities (the first one's null), offsets into the echoed text, nothing generated;
+    the sum is the prompt's log-likelihood, as /v1/perplexity computes it."""
+    import math
+
+    import httpx
+
+    prompt = "To be, or not to be"
+    c = client.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=1, temperature=0)
+    choice = c.choices[0]
+    assert choice.text == prompt
+    lp = choice.logprobs
+    assert lp is not None and "".join(lp.tokens) == prompt
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    assert lp.token_logprobs[0] is None or isinstance(lp.token_logprobs[0], float)
+    total = sum(x for x in lp.token_logprobs if x is not None)
+    score = httpx.post(f"{str(client.base_url).removesuffix('/v1/')}/v1/perplexity",
+                       headers={"Authorization": f"Bearer {KEY}"}, json={"model": "tiny", "text": prompt}).json()
+    nll = score["results"][0]["nll"]
+    assert math.isclose(-total, nll, rel_tol=1e-4, abs_tol=1e-4)
