@@ -124,3 +124,23 @@ def test_score_stride_and_errors(char_ckpt, tmp_path, capsys):
     assert main(["score", str(path), "--input", str(f), "--stride", "99"]) == 2
     assert "stride must be an integer in [1, 32], got 99" in capsys.readouterr().err
     assert main(["score", str(tmp_path / "missing"), "--input", str(f)]) == 2
+
+
+def test_without_a_strategy_generate_uses_the_checkpoints_example(char_ckpt, tmp_path, capsys):
+    """Greedy decoding of a small model loops; an unconfigured ``generate`` decodes with the
+    checkpoint's example settings instead, and options given override single settings."""
+    from lm.example import Example
+
+    _, model, tok = char_ckpt
+    example = Example("the", {"strategy": "sample", "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 400})
+    path = save_checkpoint(tmp_path / "with-example", model.eval(), tok, example=example)
+    assert main(["generate", str(path), "--prompt", "the", "--seed", "4", "--max-new-tokens", "12", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["params"]["strategy"], doc["params"]["temperature"], doc["params"]["top_p"]) == ("sample", 0.8, 0.95)
+    assert doc["params"]["max_new_tokens"] == 12 and doc["params"]["seed"] == 4
+    expected = generate(model, tok, ["the"], GenerationParams(strategy="sample", temperature=0.8, top_p=0.95,
+                                                              seed=4, max_new_tokens=12))
+    assert doc["results"][0]["completions"][0]["text"] == expected[0][0].text
+    assert main(["generate", str(path), "--prompt", "the", "--strategy", "greedy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["strategy"] == "greedy"
+    assert main(["generate", str(path), "--prompt", "the", "--temperature", "-1"]) == 2  # checked before loading

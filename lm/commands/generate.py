@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 
 from lm.commands.runtime import add_runtime_args, load_pipeline
 from lm.decoding.params import STRATEGIES, GenerationParams
 
 HELP = "continue a prompt with a trained model"
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (or a run directory: its best/latest)")
     p.add_argument("--prompt", action="append", required=True, help="text to continue; repeat for a batch")
     g = p.add_argument_group("strategy")
-    g.add_argument("--strategy", choices=STRATEGIES, help=f"greedy, sample or beam (default {d.strategy})")
+    g.add_argument("--strategy", choices=STRATEGIES,
+                   help="greedy, sample or beam (default: the checkpoint's example settings -- for models trained "
+                        f"here, sampling at temperature 0.8, top_p 0.95 -- else {d.strategy}); options given "
+                        "override single settings")
     g.add_argument("--max-new-tokens", type=int, help=f"most tokens to add (default {d.max_new_tokens})")
     g.add_argument("--temperature", type=float, help=f"sample: < 1 sharper, > 1 flatter, 0 greedy (default {d.temperature:g})")
     g.add_argument("--top-k", type=int, help=f"sample: keep the k most likely tokens (default {d.top_k}; 0: all)")
@@ -46,6 +52,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def example_settings(pipe) -> dict:  # noqa: ANN001 -- a lm.pipeline.Pipeline
+    """The decoding settings the checkpoint reads best with (``lm.example``), less their length
+    (the CLI's own default): what an unconfigured ``generate`` uses, since greedy decoding of a
+    small model loops within lines. Empty for a checkpoint without an example (greedy then)."""
+    if pipe.example is None:
+        return {}
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in pipe.example.params.items()
+                if k != "max_new_tokens"}
+    shown = ", ".join(f"{k} {v}" for k, v in settings.items())
+    log.info("decoding with the checkpoint's example settings (%s); --strategy greedy for greedy", shown)
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
     from lm.decoding.params import DoneEvent, FinishEvent, GenerationParams, ParamError
 
@@ -54,13 +73,19 @@ def run(args: argparse.Namespace) -> int:
     if "stop" in given:
         given["stop"] = tuple(given["stop"])
     try:
-        params = GenerationParams(**given)
+        GenerationParams(**given)  # a bad option fails before the model loads
+    except ParamError as exc:
+        print(f"lmforge generate: error: {exc}", file=sys.stderr)
+        return 2
+    pipe = load_pipeline(args)
+    base = example_settings(pipe) if args.strategy is None else {}
+    try:
+        params = GenerationParams(**{**base, **given})
         if args.stream and params.rows > 1:
             raise ParamError("stream", "--stream prints one sequence: use it without beam search and -n > 1")
     except ParamError as exc:
         print(f"lmforge generate: error: {exc}", file=sys.stderr)
         return 2
-    pipe = load_pipeline(args)
 
     if args.stream:
         for prompt in args.prompt:
