@@ -232,9 +232,11 @@ def load_checkpoint(
 
 def weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, from the safetensors header alone (no tensor is read)."""
-    if not weights.is_file() and not weights.exists():
-        raise CheckpointError(f"{weights}: missing")
-    if not stat.S_ISREG(weights.stat().st_mode):
+    try:
+        mode = weights.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{weights}: missing") from None
+    if not stat.S_ISREG(mode):
         raise CheckpointError(f"{weights}: not a regular file (a FIFO, device or socket is never read)")
     try:
         with safe_open(str(weights), "pt") as f:

@@ -27,19 +27,18 @@ BUSY = 0.6
 """A core counts as taken when other processes use at least this fraction of it."""
 
 
-def usable_cpus() -> int:
-    """Cores this process may run on (its affinity mask, e.g. under ``taskset`` or a container)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _cpus() -> set[int] | None:
+    """The cores this process may run on (its affinity mask), None where it cannot be read."""
     try:
         return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
+    except (AttributeError, OSError):  # not Linux
         return None
+
+
+def usable_cpus() -> int:
+    """How many cores this process may run on (e.g. under ``taskset`` or in a container)."""
+    cpus = _cpus()
+    return len(cpus) if cpus else max(1, os.cpu_count() or 1)
 
 
 def _machine_busy_seconds() -> float | None:

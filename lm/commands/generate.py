@@ -58,8 +58,7 @@ def example_settings(pipe) -> dict:  # noqa: ANN001 -- a lm.pipeline.Pipeline
     small model loops within lines. Empty for a checkpoint without an example (greedy then)."""
     if pipe.example is None:
         return {}
-    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in pipe.example.params.items()
-                if k != "max_new_tokens"}
+    settings = {k: v for k, v in pipe.example.params.items() if k != "max_new_tokens"}
     shown = ", ".join(f"{k} {v}" for k, v in settings.items())
     log.info("decoding with the checkpoint's example settings (%s); --strategy greedy for greedy", shown)
     return settings

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-KINDS = ("char", "word", "bpe", "unigram")
+from tokenizer.kinds import KINDS
 
 HELP = "train and inspect tokenizers"
 

@@ -61,6 +61,7 @@ class BeamSearch:
         self.eos = getattr(tokenizer, "eos_id", None)
         self.hypotheses: dict[Request, list[Hypothesis]] = {}
         """Each running request's finished hypotheses, best first."""
+        self._sampler_cache: tuple[list[Request], RowSampler] | None = None
 
     def admit(self, request: Request) -> None:
         """Start a request: one row runs the prompt; the first step forks it into beams."""
@@ -73,6 +74,15 @@ class BeamSearch:
         self.batch.drop(request)
         self.hypotheses.pop(request, None)
 
+    def _sampler_for(self, rows: list, device: torch.device) -> RowSampler:
+        """The constraints of these rows' requests, rebuilt only when the requests change (beam
+        rows are reordered every step; the per-row tensors follow the requests, not the rows)."""
+        requests = [r.request for r in rows]
+        cached = self._sampler_cache
+        if cached is None or len(cached[0]) != len(requests) or any(a is not b for a, b in zip(cached[0], requests, strict=True)):
+            self._sampler_cache = (requests, RowSampler([q.params for q in requests], device))
+        return self._sampler_cache[1]
+
     def step(self) -> list[FinishEvent]:
         """Extend every beam by one token; returns the results of requests that finished."""
         batch = self.batch
@@ -81,7 +91,7 @@ class BeamSearch:
         logits = batch.forward().float()  # [R, V]
         rows = batch.rows
         if any(r.request.params.constrains for r in rows):
-            sampler = RowSampler([r.request.params for r in rows], batch.device)
+            sampler = self._sampler_for(rows, batch.device)
             seen = batch.seen_mask(logits.shape[1]) if sampler.any_penalty else None
             logits = sampler.constrain(logits, seen, [r.tokens[r.request.start :] for r in rows])
         logits = sanitize(logits)

@@ -131,13 +131,15 @@ class RowSampler:
         self.any_penalty = any(p.repetition_penalty != 1.0 for p in params)
         self.ngram = [p.no_repeat_ngram_size for p in params]
         self.any_ngram = any(self.ngram)
+        # logit_bias and suppress_tokens are one constraint: a per-row addition to chosen logits
+        # (-inf for a suppressed token), built once per batch composition, not per step.
         bias = [(i, t, b) for i, p in enumerate(params) for t, b in p.logit_bias]
+        bias += [(i, t, NEG_INF) for i, p in enumerate(params) for t in p.suppress_tokens]
         self.bias = None
         if bias:
             rows, tokens, values = zip(*bias, strict=True)
             self.bias = (torch.tensor(rows, device=device), torch.tensor(tokens, device=device),
                          torch.tensor(values, dtype=torch.float32, device=device))
-        self.suppressed = [(i, t) for i, p in enumerate(params) for t in p.suppress_tokens]
         if self.any_sampled:
             # Greedy rows in a mixed batch get neutral settings; their draw is replaced by argmax.
             sampled = [p for p, s in zip(params, self.sampled, strict=True) if s]
@@ -161,15 +163,14 @@ class RowSampler:
             logits = repetition_penalty(logits, seen, self.penalty)
         if self.bias is not None:
             rows_t, tokens_t, values = self.bias
-            logits = logits.index_put((rows_t, tokens_t), values.to(logits.dtype), accumulate=True)
-        if self.any_ngram or self.suppressed:
-            rows: list[int] = [i for i, _ in self.suppressed]
-            tokens: list[int] = [t for _, t in self.suppressed]
-            if self.any_ngram:
-                for i, (n, history) in enumerate(zip(self.ngram, histories, strict=True)):
-                    banned = banned_ngram_tokens(history, n)
-                    rows += [i] * len(banned)
-                    tokens += banned
+            logits = logits.index_put((rows_t, tokens_t), values.to(logits.dtype), accumulate=True)  # sanitize: NaN
+        if self.any_ngram:
+            rows: list[int] = []
+            tokens: list[int] = []
+            for i, (n, history) in enumerate(zip(self.ngram, histories, strict=True)):
+                banned = banned_ngram_tokens(history, n)
+                rows += [i] * len(banned)
+                tokens += banned
             logits = ban(logits, rows, tokens)
         return logits
 

@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from lm.inference import bf16_native
 from lm.training.errors import TrainingError
 
 
@@ -17,7 +18,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cpu" and bf16_native():
         return "bf16"
     return "fp32"
 

@@ -55,12 +55,8 @@ class TrainProgress:
     def from_state(cls, state: dict[str, Any], *, warmup_steps: int, max_steps: int) -> TrainProgress:
         """The counters a checkpoint saved; ``decay_start`` derived for checkpoints written
         before warm-up was accounted for."""
-        progress = cls(
-            step=int(state["step"]), tokens_seen=int(state["tokens_seen"]), elapsed=float(state["elapsed"]),
-            best_val=float(state["best_val"]), last_val=float(state["last_val"]),
-            evals_since_best=int(state["evals_since_best"]), plateau_scale=float(state["plateau_scale"]),
-            skipped=int(state["skipped"]),
-        )
+        progress = cls(**{f.name: type(f.default)(state[f.name]) for f in dataclasses.fields(cls)
+                          if f.name != "decay_start"})
         if "decay_start" in state:
             saved = float(state["decay_start"])
             progress.decay_start = None if saved < 0 else saved
