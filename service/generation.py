@@ -63,7 +63,8 @@ def check_decoding_limits(
     check_limit(params.get("max_new_tokens", 0), settings.max_new_tokens,
                 names.get("max_new_tokens", "max_new_tokens"), "max_new_tokens")
     if params.get("strategy") == "beam":
-        check_limit(params.get("num_beams", 1), settings.max_num_beams, "num_beams", "max_num_beams")
+        check_limit(params.get("num_beams", 1), settings.max_num_beams, names.get("num_beams", "num_beams"),
+                    "max_num_beams")
     check_limit(params.get("num_return_sequences", 1), settings.max_return_sequences,
                 names.get("num_return_sequences", "num_return_sequences"), "max_return_sequences")
 
@@ -84,7 +85,7 @@ def logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     id is a 422 naming the field (the values are checked by the engine)."""
     pairs = []
     for key, value in (bias or {}).items():
-        if not key.isdigit():
+        if not (key.isascii() and key.isdecimal()):
             raise APIError(422, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias",
                            code="invalid_parameter")
         pairs.append((int(key), value))
@@ -92,12 +93,12 @@ def logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
 
 
 def check_token_ids(served: ServedModel, params: GenerationParams) -> None:
-    """Every id the parameters name is in the model's vocabulary (else a 422 naming the field)."""
-    vocab = served.vocab_size
-    for name, token in params.token_ids():
-        if token >= vocab:
-            raise APIError(422, f"{name} names token id {token}, outside the vocabulary [0, {vocab})", param=name,
-                           code="invalid_parameter")
+    """Every id the parameters name is in the model's vocabulary (else a 422 naming the field),
+    before anything is queued or streamed."""
+    try:
+        params.check_vocab(served.vocab_size)
+    except ParamError as exc:
+        raise APIError(422, str(exc), param=exc.field, code="invalid_parameter") from None
 
 
 def encode_prompts(served: ServedModel, texts: Sequence[str], settings: Settings, field: str, *, single: bool) -> list[Prompt]:

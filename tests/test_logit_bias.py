@@ -91,3 +91,11 @@ def test_suppressing_everything_ends_only_that_request(client: TestClient, pipe:
     everything = list(range(pipe.tokenizer.vocab_size))
     r = client.post("/v1/generate", json={"prompt": "a", "max_new_tokens": 5, "suppress_tokens": everything})
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "banned"
+
+
+def test_non_ascii_digit_keys_and_beam_widths_name_the_field(client: TestClient) -> None:
+    r = client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1, "logit_bias": {"²": 1}})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "logit_bias", r.text
+    r = client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1, "use_beam_search": True,
+                                             "best_of": 10_000})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "best_of", r.text

@@ -96,9 +96,7 @@ class DecodeSession:
         if bad:
             raise ParamError("prompt", f"prompt token ids must be integers in [0, {vocab}), got {bad[0]!r}")
         prompt_ids = [int(t) for t in prompt_ids]
-        for name, token in params.token_ids():
-            if token >= vocab:
-                raise ParamError(name, f"{name} names token id {token}, outside the vocabulary [0, {vocab})")
+        params.check_vocab(vocab)
         if params.rows > self.max_batch_rows:
             name = "num_beams" if params.strategy == "beam" else "num_return_sequences"
             raise ParamError(name, f"{name} must be <= {self.max_batch_rows} (max_batch_rows), "

@@ -133,9 +133,14 @@ class GenerationParams:
         return (self.repetition_penalty != 1.0 or bool(self.no_repeat_ngram_size) or bool(self.logit_bias)
                 or bool(self.suppress_tokens))
 
-    def token_ids(self) -> list[tuple[str, int]]:
-        """``(field, id)`` for every token id the parameters name (checked against a vocabulary)."""
-        return [("logit_bias", t) for t, _ in self.logit_bias] + [("suppress_tokens", t) for t in self.suppress_tokens]
+    def check_vocab(self, vocab_size: int) -> None:
+        """Every token id the parameters name is below ``vocab_size`` (else a ``ParamError``
+        naming the field): checked where a model is known, by the engine and, before a stream
+        starts, by the server."""
+        named = [("logit_bias", t) for t, _ in self.logit_bias] + [("suppress_tokens", t) for t in self.suppress_tokens]
+        for name, token in named:
+            if token >= vocab_size:
+                raise ParamError(name, f"{name} names token id {token}, outside the vocabulary [0, {vocab_size})")
 
     @property
     def rows(self) -> int:

@@ -22,8 +22,8 @@ from fastapi.sse import ServerSentEvent
 from service.chat import TURN_STOPS, render
 from service.deps import RegistryDep, SettingsDep, request_id
 from service.errors import ERROR_RESPONSES, APIError
-from service.generation import event_stream, now, owned, sse, sse_content, submit
-from service.routes.completions import MAX_STOP, CompletionJob, answer, plan, stream
+from service.generation import event_stream, now, sse, sse_content
+from service.routes.completions import MAX_STOP, CompletionJob, answer, queued, stream
 from service.schemas.chat import (
     AssistantMessage,
     ChatChoice,
@@ -58,17 +58,8 @@ def completion_request(body: ChatRequest) -> CompletionRequest:
 async def chat_job(body: ChatRequest, request: Request, registry: RegistryDep,
                    settings: SettingsDep) -> AsyncIterator[CompletionJob]:
     """Plan and queue as ``/v1/completions`` does; errors about the prompt name ``messages``."""
-    try:
-        p = plan(completion_request(body), request, registry, settings)
-    except APIError as exc:
-        if exc.param == "prompt":
-            raise APIError(exc.status, str(exc).replace("prompt", "messages", 1), param="messages",
-                           code=exc.code, headers=exc.headers) from None
-        raise
-    rid = request_id(request)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    with owned(submit(p.served, p.prompts, p.params, rid, settings, stream=bool(body.stream))) as submission:
-        yield CompletionJob(p, submission, bool(body.stream), include_usage)
+    async with queued(completion_request(body), request, registry, settings, field="messages") as job:
+        yield job
 
 
 def chat_logprobs(block: CompletionLogprobs | None, top: bool) -> ChoiceLogprobs | None:

@@ -18,6 +18,7 @@ tokenization is lossless; a word model's detokenized prompt).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -65,7 +66,7 @@ from service.settings import Settings
 
 router = APIRouter(tags=["openai"])
 
-OPENAI_NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n"}
+OPENAI_NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "num_beams": "best_of"}
 MAX_STOP = 4
 
 
@@ -89,10 +90,10 @@ class Plan:
         return "".join(self.prompt_pieces[prompt_index]) if self.echo else ""
 
 
-def _prompts(body: CompletionRequest, served: ServedModel, settings: Settings) -> list[Prompt]:
+def _prompts(body: CompletionRequest, served: ServedModel, settings: Settings, field: str) -> list[Prompt]:
     p = body.prompt
     if isinstance(p, str):
-        return encode_prompts(served, [p], settings, "prompt", single=True)
+        return encode_prompts(served, [p], settings, field, single=True)
     if not p:
         raise APIError(422, "prompt must not be an empty list", param="prompt", code="invalid_prompt")
     if isinstance(p[0], str):
@@ -111,7 +112,10 @@ def _prompts(body: CompletionRequest, served: ServedModel, settings: Settings) -
     return prompts
 
 
-def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, settings: Settings) -> Plan:
+def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, settings: Settings, *,
+         field: str = "prompt") -> Plan:
+    """The request resolved against its model; errors about a string prompt name ``field`` (the
+    chat route's prompt is its ``messages``)."""
     served = resolve_model(registry, body.model, settings)
     n = body.n or 1
     if body.best_of is not None and body.best_of != n and not body.use_beam_search:
@@ -132,10 +136,10 @@ def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, set
     else:
         options.update(strategy="sample", temperature=temperature, top_p=1.0 if body.top_p is None else body.top_p,
                        seed=body.seed, num_return_sequences=n)
-    check_decoding_limits(settings, {**options, "num_return_sequences": n}, names={**OPENAI_NAMES, "num_beams": "best_of"})
-    params = build_params(options, names={**OPENAI_NAMES, "num_beams": "best_of"})
+    check_decoding_limits(settings, {**options, "num_return_sequences": n}, names=OPENAI_NAMES)
+    params = build_params(options, names=OPENAI_NAMES)
     check_token_ids(served, params)
-    prompts = _prompts(body, served, settings)
+    prompts = _prompts(body, served, settings, field)
     log = request.state.log
     log.update(model=served.name, strategy=params.strategy, prompts=len(prompts),
                prompt_tokens=sum(len(p.ids) for p in prompts))
@@ -202,11 +206,12 @@ class CompletionJob:
     include_usage: bool
 
 
-async def completion_job(body: CompletionRequest, request: Request, registry: RegistryDep,
-                         settings: SettingsDep) -> AsyncIterator[CompletionJob]:
+@contextlib.asynccontextmanager
+async def queued(body: CompletionRequest, request: Request, registry: ModelRegistry, settings: Settings, *,
+                 field: str = "prompt") -> AsyncIterator[CompletionJob]:
     """Resolve, check and queue the request before any response starts (failures are JSON
     errors, streamed or not); the submission is cancelled when the response is over (``owned``)."""
-    p = plan(body, request, registry, settings)
+    p = plan(body, request, registry, settings, field=field)
     rid = request_id(request)
     if p.echo and p.logprobs is not None:
         await prompt_logprobs(p, request, settings, rid)
@@ -214,6 +219,12 @@ async def completion_job(body: CompletionRequest, request: Request, registry: Re
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     with owned(submit(p.served, p.prompts, p.params, rid, settings, stream=stream)) as submission:
         yield CompletionJob(p, submission, stream, include_usage)
+
+
+async def completion_job(body: CompletionRequest, request: Request, registry: RegistryDep,
+                         settings: SettingsDep) -> AsyncIterator[CompletionJob]:
+    async with queued(body, request, registry, settings) as job:
+        yield job
 
 
 @router.post(
