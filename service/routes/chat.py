@@ -12,7 +12,6 @@ token's log-probability; ``top_logprobs`` 0 or 1 (the chosen token only).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -23,7 +22,15 @@ from service.chat import TURN_STOPS, render
 from service.deps import RegistryDep, SettingsDep, request_id
 from service.errors import ERROR_RESPONSES, APIError
 from service.generation import event_stream, now, sse, sse_content
-from service.routes.completions import MAX_STOP, CompletionJob, answer, queued, stream
+from service.routes.completions import (
+    MAX_STOP,
+    CompletionJob,
+    Plan,
+    answer,
+    deltas,
+    queued,
+    sse_stream,
+)
 from service.schemas.chat import (
     AssistantMessage,
     ChatChoice,
@@ -33,7 +40,9 @@ from service.schemas.chat import (
     TokenLogprob,
     TopLogprob,
 )
+from service.schemas.common import Usage
 from service.schemas.completions import CompletionLogprobs, CompletionRequest
+from service.settings import Settings
 
 router = APIRouter(tags=["chat"])
 
@@ -94,8 +103,7 @@ async def chat_completions(
     rid = request_id(request)
     top = bool(body.logprobs and body.top_logprobs)
     if job.stream:
-        return event_stream(chat_chunks(stream(p, job.submission, request, settings, rid, job.include_usage),
-                                        rid, p.served.name, top))
+        return event_stream(chat_chunks(p, job, request, settings, rid, top))
     completions, usage = await answer(p, job.submission, request, settings)
     choices = [ChatChoice(index=ch.index, message=AssistantMessage(content=ch.text.lstrip()),
                           logprobs=chat_logprobs(ch.logprobs, top), finish_reason=ch.finish_reason)
@@ -103,44 +111,42 @@ async def chat_completions(
     return ChatCompletion(id=rid, created=now(), model=p.served.name, choices=choices, usage=usage)
 
 
-async def chat_chunks(events: AsyncIterator[ServerSentEvent], rid: str, model: str,
+async def chat_chunks(p: Plan, job: CompletionJob, request: Request, settings: Settings, rid: str,
                       top: bool) -> AsyncIterator[ServerSentEvent]:
-    """Completion chunks reshaped as chat chunks: the role first, then content deltas."""
+    """The completions stream's deltas as chat chunks: the role first, then content deltas (the
+    reply's leading whitespace dropped), each choice's finish, usage if asked, then [DONE]."""
     created = now()
     started: set[int] = set()
     text_begun: set[int] = set()
 
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> ServerSentEvent:
-        body: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                "choices": choices}
+    def chunk(choices: list[dict[str, Any]], usage: Usage | None = None) -> ServerSentEvent:
+        body: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created,
+                                "model": p.served.name, "choices": choices}
         if usage is not None:
-            body["usage"] = usage
+            body["usage"] = usage.model_dump()
         return sse(body)
 
-    async for event in events:
-        raw = event.raw_data or ""
-        data = None if raw == "[DONE]" else json.loads(raw)
-        if data is None or "error" in data:
-            yield event
-            continue
-        if not data["choices"]:
-            yield chunk([], data.get("usage"))
-            continue
-        for c in data["choices"]:
-            index = c["index"]
+    async def chunks() -> AsyncIterator[ServerSentEvent]:
+        async for item in deltas(p, job.submission, request, settings):
+            if isinstance(item, Usage):
+                if job.include_usage:
+                    yield chunk([], item)
+                continue
+            index, text = item.index, item.text
             if index not in started:
                 started.add(index)
                 yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None}])
-            text = c["text"]
             if index not in text_begun:
                 text = text.lstrip()
                 if text:
                     text_begun.add(index)
-            block = CompletionLogprobs(**c["logprobs"]) if c.get("logprobs") else None
-            lp = chat_logprobs(block, top)
+            lp = chat_logprobs(item.logprobs, top)
             if text or lp is not None:
                 yield chunk([{"index": index, "delta": {"content": text},
                               "logprobs": None if lp is None else lp.model_dump(), "finish_reason": None}])
-            if c.get("finish_reason"):
-                yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": c["finish_reason"]}])
+            if item.finish:
+                yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": item.finish}])
+
+    async for event in sse_stream(chunks(), request, settings):
+        yield event

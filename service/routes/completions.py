@@ -270,16 +270,21 @@ async def answer(p: Plan, submission: Submission, request: Request, settings: Se
                           total_tokens=prompt_tokens + completion_tokens)
 
 
-async def stream(p: Plan, submission: Submission, request: Request, settings: Settings, rid: str,
-                 include_usage: bool) -> AsyncIterator[ServerSentEvent]:
-    """Completion chunks: the echoed prompt, one chunk per delta, a finish chunk, then [DONE]."""
-    created = now()
+@dataclass
+class Delta:
+    """One piece of a streamed choice: text (and the tokens it completes), or its finish."""
 
-    def chunk(index: int, text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None
-              ) -> ServerSentEvent:
-        body = CompletionResponse(id=rid, created=created, model=p.served.name, choices=[
-            CompletionChoice(text=text, index=index, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
-        return sse(body.model_dump(mode="json", exclude={"usage"}))
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish: str | None = None
+
+
+async def deltas(p: Plan, submission: Submission, request: Request, settings: Settings
+                 ) -> AsyncIterator[Delta | Usage]:
+    """A streamed request's choices as they grow: the echoed prompt, one ``Delta`` per text
+    delta, a finish ``Delta`` per choice, and last the ``Usage``. Shared by the completions and
+    chat streams, which only format them."""
 
     def indexes(prompt_index: int, seq: int) -> range:
         first = (prompt_index * p.n) + seq * p.repeat
@@ -292,9 +297,9 @@ async def stream(p: Plan, submission: Submission, request: Request, settings: Se
     completion_tokens = 0
 
     def emit(prompt_index: int, seq: int, text: str, pieces: list[tuple[str, float]],
-             finish: str | None = None) -> Iterator[ServerSentEvent]:
-        """A chunk with ``text`` and the tokens it completes; with ``finish``, only if it carries
-        something, then the finish chunk."""
+             finish: str | None = None) -> Iterator[Delta]:
+        """A delta with ``text`` and the tokens it completes; with ``finish``, only if it carries
+        something, then the finish."""
         for index in indexes(prompt_index, seq):
             lp = None
             if p.logprobs is not None:
@@ -303,9 +308,9 @@ async def stream(p: Plan, submission: Submission, request: Request, settings: Se
                 piece_pos[index] = pos + sum(len(t) for t, _ in pieces)
             offsets[index] += len(text)
             if finish is None or text or (pieces and lp is not None):
-                yield chunk(index, text, logprobs=lp)
+                yield Delta(index, text, lp)
             if finish is not None:
-                yield chunk(index, "", finish=finish)
+                yield Delta(index, "", finish=finish)
 
     try:
         for prompt_index in range(len(p.prompts)):
@@ -318,7 +323,7 @@ async def stream(p: Plan, submission: Submission, request: Request, settings: Se
                     if p.logprobs is not None:
                         lp = logprobs_block(p.prompt_pieces[prompt_index], p.prompt_logprobs[prompt_index], 0,
                                             p.logprobs)
-                    yield chunk(index, echoed, logprobs=lp)
+                    yield Delta(index, echoed, lp)
         async for prompt_index, event in events_until_done(submission, request, settings):
             key = (prompt_index, event.index)
             if key not in aligners:
@@ -329,8 +334,8 @@ async def stream(p: Plan, submission: Submission, request: Request, settings: Se
             if isinstance(event, TokenEvent):
                 released = offsets[first] - starts[first] + len(event.text)
                 pieces = aligner.push(event.token_id, event.logprob, released)
-                for line in emit(*key, event.text, pieces):
-                    yield line
+                for delta in emit(*key, event.text, pieces):
+                    yield delta
             elif isinstance(event, FinishEvent):
                 c = event.completion
                 completion_tokens += len(c.token_ids) * p.repeat
@@ -340,17 +345,43 @@ async def stream(p: Plan, submission: Submission, request: Request, settings: Se
                         aligner.push(token_id, logprob, 0)
                     text = c.text
                 pieces = aligner.finish(len(c.text))
-                for line in emit(*key, text, pieces, finish=finish_reason(c)):
-                    yield line
-        if include_usage:
-            prompt_tokens = sum(len(x.ids) for x in p.prompts)
-            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          total_tokens=prompt_tokens + completion_tokens)
-            body = CompletionResponse(id=rid, created=created, model=p.served.name, choices=[], usage=usage)
-            yield sse(body.model_dump(mode="json"))
+                for delta in emit(*key, text, pieces, finish=finish_reason(c)):
+                    yield delta
+        prompt_tokens = sum(len(x.ids) for x in p.prompts)
+        yield Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens)
+    finally:
+        request.state.log["completion_tokens"] = completion_tokens
+
+
+async def sse_stream(events: AsyncIterator[ServerSentEvent], request: Request, settings: Settings
+                     ) -> AsyncIterator[ServerSentEvent]:
+    """``events``, then ``data: [DONE]``; an error after the headers went out is an in-band
+    ``{"error": ...}`` event, where OpenAI clients look for it."""
+    try:
+        async for event in events:
+            yield event
         yield sse("[DONE]")
     except Exception as exc:
         request.state.log["error"] = type(exc).__name__
-        yield sse_error(exc, settings, event=None)  # OpenAI clients look for {"error": ...} in data
-    finally:
-        request.state.log["completion_tokens"] = completion_tokens
+        yield sse_error(exc, settings, event=None)
+
+
+async def stream(p: Plan, submission: Submission, request: Request, settings: Settings, rid: str,
+                 include_usage: bool) -> AsyncIterator[ServerSentEvent]:
+    """Completion chunks: the echoed prompt, one chunk per delta, a finish chunk, then [DONE]."""
+    created = now()
+
+    async def chunks() -> AsyncIterator[ServerSentEvent]:
+        async for item in deltas(p, submission, request, settings):
+            if isinstance(item, Usage):
+                if include_usage:
+                    body = CompletionResponse(id=rid, created=created, model=p.served.name, choices=[], usage=item)
+                    yield sse(body.model_dump(mode="json"))
+                continue
+            body = CompletionResponse(id=rid, created=created, model=p.served.name, choices=[CompletionChoice(
+                text=item.text, index=item.index, logprobs=item.logprobs, finish_reason=item.finish)])  # type: ignore[arg-type]
+            yield sse(body.model_dump(mode="json", exclude={"usage"}))
+
+    async for event in sse_stream(chunks(), request, settings):
+        yield event
