@@ -82,7 +82,6 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # service.routes.docs serves them, with their files, offline
         redoc_url=None,
-        openapi_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -22,6 +22,7 @@ from service.metrics import Metrics
 access_log = logging.getLogger("lmforge.access")
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -46,7 +47,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 """The methods counted by name; any other string a client sends is ``other``."""
 
 
-def metric_labels(scope: Scope, status: int) -> tuple[str, str]:
+def metric_labels(scope: Scope, status: int, route: str) -> tuple[str, str]:
     """``(route, method)`` labels from fixed sets, so no client can mint new series: the route
     template or ``unmatched``, a standard method or ``other``; a request refused for its API
     key is one series (``unauthenticated``) whatever it asked for, so a flood without the key
@@ -54,7 +55,7 @@ def metric_labels(scope: Scope, status: int) -> tuple[str, str]:
     if status == 401:
         return "unauthenticated", "other"
     method = scope["method"]
-    return route_label(scope), method if method in METHODS else "other"
+    return route, method if method in METHODS else "other"
 
 
 class RequestContextMiddleware:
@@ -73,7 +74,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = (_header(scope, REQUEST_ID_HEADER.encode()) or b"").decode("latin-1")
+        given = (_header(scope, _REQUEST_ID_BYTES) or b"").decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -86,7 +87,7 @@ class RequestContextMiddleware:
             nonlocal status, finished
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER.encode(), request_id.encode())]
+                message["headers"] = [*message.get("headers", ()), (_REQUEST_ID_BYTES, request_id.encode())]
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 finished = True
             await send(message)
@@ -95,14 +96,15 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
-            label, method = metric_labels(scope, status)
+            route = route_label(scope)
+            label, method = metric_labels(scope, status, route)
             self.metrics.requests.labels(label, method, str(status)).inc()
             if status != 401:
                 self.metrics.latency.labels(label).observe(elapsed)
             line = {
                 "request_id": request_id,
                 "method": scope["method"],
-                "route": route_label(scope),
+                "route": route,
                 "status": status,
                 "latency_ms": round(elapsed * 1000, 1),
                 **state.get("log", {}),
@@ -168,7 +170,8 @@ class BodyTimeout:
             if body_done or answered:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # no Task per receive, unlike wait_for
+                    message = await receive()
             except TimeoutError:
                 if not started:
                     answered = True

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.routes.completions import MAX_STOP as MAX_COMPLETION_STOP
+from service.routes.generate import MAX_STOP as MAX_GENERATE_STOP
 from service.settings import Settings
-
-MAX_GENERATE_STOP = 16
-MAX_COMPLETION_STOP = 4
 
 
 def _branch(prop: dict[str, Any], kind: str) -> dict[str, Any] | None:

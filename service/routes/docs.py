@@ -1,9 +1,9 @@
-"""``GET /openapi.json``, ``/docs`` (Swagger UI) and ``/redoc``: the API's schema and its pages,
-working offline.
+"""``GET /docs`` (Swagger UI) and ``/redoc``: the API's pages, working offline.
 
-FastAPI's own routes for these are turned off (``docs_url=None, openapi_url=None`` in
-``service.app``) and served here following FastAPI's self-hosting recipe: the pages' JavaScript,
-CSS and icon come from this server (``/docs/assets/``), from the files the ``fastapi-offline``
+FastAPI serves ``/openapi.json`` itself (through ``service.app``'s ``openapi`` override, with
+the live limits); its own pages are turned off (``docs_url=None, redoc_url=None``) and served
+here following FastAPI's self-hosting recipe: the pages' JavaScript, CSS and icon come from this
+server (``/docs/assets/``), from the files the ``fastapi-offline``
 package ships, not from a CDN, so the docs load on a machine with no network.
 
 They are public, like the playground: the schema describes the API and holds no data, and a
@@ -14,23 +14,18 @@ browser cannot send the key with the page's own request for it. With a key set, 
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service.deps import DOCS_ASSETS
 
-ASSETS_PATH = DOCS_ASSETS
-"""Where the pages' files are served (a ``StaticFiles`` mount, ``mount_assets``)."""
-SWAGGER_JS_URL = f"{ASSETS_PATH}/swagger-ui-bundle.js"
-SWAGGER_CSS_URL = f"{ASSETS_PATH}/swagger-ui.css"
-REDOC_JS_URL = f"{ASSETS_PATH}/redoc.standalone.js"
-FAVICON_URL = f"{ASSETS_PATH}/favicon.png"
-
-OPENAPI_PATH = "/openapi.json"
+SWAGGER_JS_URL = f"{DOCS_ASSETS}/swagger-ui-bundle.js"
+SWAGGER_CSS_URL = f"{DOCS_ASSETS}/swagger-ui.css"
+REDOC_JS_URL = f"{DOCS_ASSETS}/redoc.standalone.js"
+FAVICON_URL = f"{DOCS_ASSETS}/favicon.png"
 
 CSP = "; ".join([
     "default-src 'self'",
@@ -47,9 +42,9 @@ router = APIRouter(include_in_schema=False)
 
 
 def mount_assets(app: FastAPI) -> None:
-    """Serve the Swagger UI and ReDoc files under ``ASSETS_PATH``."""
+    """Serve the Swagger UI and ReDoc files under ``DOCS_ASSETS``."""
     directory = resources.files("fastapi_offline") / "static"
-    app.mount(ASSETS_PATH, StaticFiles(directory=str(directory)), name="docs-assets")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(directory)), name="docs-assets")
 
 
 def _url(request: Request, path: str) -> str:
@@ -61,17 +56,10 @@ def _local(page: HTMLResponse) -> HTMLResponse:
     return page
 
 
-@router.get(OPENAPI_PATH)
-async def openapi(request: Request) -> JSONResponse:
-    """The OpenAPI schema (FastAPI builds it once, from the routes)."""
-    schema: dict[str, Any] = request.app.openapi()
-    return JSONResponse(schema)
-
-
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
     return _local(get_swagger_ui_html(
-        openapi_url=_url(request, OPENAPI_PATH), title=f"{request.app.title} - Swagger UI",
+        openapi_url=_url(request, request.app.openapi_url), title=f"{request.app.title} - Swagger UI",
         swagger_js_url=_url(request, SWAGGER_JS_URL), swagger_css_url=_url(request, SWAGGER_CSS_URL),
         swagger_favicon_url=_url(request, FAVICON_URL),
     ))
@@ -80,7 +68,7 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
     return _local(get_redoc_html(
-        openapi_url=_url(request, OPENAPI_PATH), title=f"{request.app.title} - ReDoc",
+        openapi_url=_url(request, request.app.openapi_url), title=f"{request.app.title} - ReDoc",
         redoc_js_url=_url(request, REDOC_JS_URL), redoc_favicon_url=_url(request, FAVICON_URL),
         with_google_fonts=False,
     ))

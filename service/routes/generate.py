@@ -39,6 +39,9 @@ router = APIRouter(tags=["generation"])
 
 DEFAULT_MAX_NEW_TOKENS = GenerationParams().max_new_tokens
 
+MAX_STOP = 16
+"""Stop strings one /v1/generate request may give."""
+
 SSE_DOC = {
     "description": (
         "Server-Sent Events: `event: token` per text delta (beam search sends none: a beam's text is "
@@ -63,8 +66,8 @@ def prepare(body: GenerateRequest, request: Request, registry: ModelRegistry, se
         options["max_new_tokens"] = min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens)
     check_decoding_limits(settings, options)
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
-    if len(stop) > 16 or any(not s for s in stop):
-        raise APIError(422, "stop takes up to 16 non-empty strings", param="stop", code="invalid_stop")
+    if len(stop) > MAX_STOP or any(not s for s in stop):
+        raise APIError(422, f"stop takes up to {MAX_STOP} non-empty strings", param="stop", code="invalid_stop")
     options.update(logit_bias=logit_bias(body.logit_bias), suppress_tokens=tuple(body.suppress_tokens or ()))
     params = build_params({**options, "stop": tuple(stop)})
     check_token_ids(served, params)
