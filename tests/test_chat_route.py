@@ -4,7 +4,6 @@ turn boundary as a stop, errors that name ``messages``."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient

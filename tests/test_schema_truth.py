@@ -4,7 +4,6 @@ allows at its edge is accepted, one past it is refused, whatever the settings ar
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
