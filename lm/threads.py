@@ -102,19 +102,20 @@ def free_cores(busy: float | None, usable: int | None = None) -> int:
     return max(1, usable - taken)
 
 
-def choose(requested: int = 0, *, reserve: int = 0) -> int:
+def choose(requested: int = 0, *, reserve: int = 0, share: int = 1) -> int:
     """The thread count to compute with: ``requested`` when given (> 0), else the free cores
-    less ``reserve`` (a core kept for an event loop), at least one."""
+    less ``reserve`` (a core kept for an event loop), split ``share`` ways (the processes of a
+    torchrun job on this machine), at least one."""
     if requested > 0:
         return requested
-    return max(1, free_cores(busy_elsewhere()) - reserve)
+    return max(1, (free_cores(busy_elsewhere()) - reserve) // share)
 
 
-def apply(requested: int = 0, *, reserve: int = 0) -> int:
+def apply(requested: int = 0, *, reserve: int = 0, share: int = 1) -> int:
     """``torch.set_num_threads(choose(...))``; returns the count."""
     import torch
 
-    threads = choose(requested, reserve=reserve)
+    threads = choose(requested, reserve=reserve, share=share)
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return threads
@@ -127,9 +128,11 @@ class ThreadGovernor:
     be called once per training step; it changes the count only between steps.
     """
 
-    def __init__(self, requested: int = 0, every_s: float = 5.0) -> None:
-        self.fixed = requested > 0
-        self.threads = apply(requested)
+    def __init__(self, requested: int = 0, every_s: float = 5.0, *, share: int = 1) -> None:
+        # One of ``share`` processes training side by side: each takes its part of the cores and
+        # keeps it (the others' load would read as someone else's and shrink every share to 1).
+        self.fixed = requested > 0 or share > 1
+        self.threads = apply(requested, share=share)
         self.every_s = every_s
         self._meter = BusyMeter()
         self._next = time.monotonic() + every_s

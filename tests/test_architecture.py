@@ -1,6 +1,6 @@
 """The house's rules, read from the code: imports run ``service -> lm -> tokenizer`` and never
-back, there is no import circle anywhere in the three packages, and ``lmforge --help`` does not
-import the heavy stack (torch, FastAPI)."""
+back, there is no import circle anywhere in the three packages, no module is over 400 lines,
+and ``lmforge --help`` does not import the heavy stack (torch, FastAPI)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,11 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 def graph() -> dict[str, set[str]]:
     known = modules()
     return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def test_no_module_over_400_lines() -> None:
+    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, f"split these by responsibility: {long}"
 
 
 def test_no_upward_import() -> None:

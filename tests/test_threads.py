@@ -32,6 +32,22 @@ def test_choose_takes_an_explicit_count_and_keeps_a_reserve(monkeypatch: pytest.
     assert threads.choose(reserve=1) == 1
 
 
+def test_ranks_on_one_machine_split_its_cores_and_keep_their_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda: 0.0)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(threads.BusyMeter, "cores", lambda self: 4.0)  # the other ranks, busy
+    assert threads.choose(share=2) == 4
+    assert threads.choose(share=3) == 2
+    assert threads.choose(share=16) == 1
+    try:
+        rank = threads.ThreadGovernor(share=2, every_s=0.0)
+        assert rank.threads == 4 == torch.get_num_threads()
+        assert rank.poll() == 4  # the peer rank's load is not a neighbour's
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="busy cores are measured from /proc/stat")
 def test_a_spinning_neighbour_is_seen() -> None:
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])

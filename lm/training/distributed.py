@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    local_world_size: int = 1  # ranks on this machine, which share its cores
 
     @property
     def is_main(self) -> bool:
@@ -40,12 +42,22 @@ def init_distributed(device_type: str) -> DistInfo:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
         torch.cuda.set_device(local)
-    return DistInfo(rank=dist.get_rank(), local_rank=local, world_size=dist.get_world_size())
+    return DistInfo(rank=dist.get_rank(), local_rank=local, world_size=dist.get_world_size(),
+                    local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_distributed(wait: bool = True) -> None:
+    """Leave the process group. ``wait``: first meet every rank at a barrier, so no rank tears
+    its group down while a peer still talks to it (skipped after an error, where a peer may
+    never arrive). Collects garbage first: a model's hold on a gloo group that outlives
+    ``destroy_process_group`` leaves the group to interpreter exit, where its worker threads
+    can abort the process ("terminate called without an active exception")."""
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------- FSDP

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from lm.training.distributed import (
     gathered_rnn_state,
     gradient_sync,
     init_distributed,
+    shutdown_distributed,
     wrap_for_training,
 )
 from lm.training.errors import TrainingError
@@ -96,7 +98,7 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.threads = ThreadGovernor(self.cfg.threads)  # the free cores, followed during the run
+        self.threads = ThreadGovernor(self.cfg.threads, share=self.dist.local_world_size)  # free cores
         if self.cfg.batch_size % (self.cfg.grad_accum * self.dist.world_size):
             raise TrainingError(
                 f"train.batch_size ({self.cfg.batch_size}) must be divisible by grad_accum x world size "
@@ -189,8 +191,7 @@ class Trainer:
             self.progress.decay_start = self._progress()
         lr = scheduled_lr(cfg, self.progress.step, self._progress(), self.progress.plateau_scale, self.progress.decay_start or 0.0)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.last_lr = lr
+            group["lr"] = self.last_lr = lr
         self.train_model.train()
         x, y, reset = self.batches.batch(self.progress.step)
         if reset or not self.sequential:
@@ -390,9 +391,10 @@ class Trainer:
 
 def train(run: RunConfig, *, resume: bool = False) -> TrainResult:
     """Train (or resume) the run that ``run`` describes."""
-    from lm.training.distributed import shutdown_distributed
-
+    trainer: Trainer | None = None
     try:
-        return Trainer(run, resume=resume).fit()
+        trainer = Trainer(run, resume=resume)
+        return trainer.fit()
     finally:
-        shutdown_distributed()
+        del trainer  # the model lets go of the process group before the group goes (see there)
+        shutdown_distributed(wait=sys.exc_info()[0] is None)
