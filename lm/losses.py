@@ -31,14 +31,28 @@ def hidden_token_nll(hidden: Tensor, output_layer: nn.Linear, targets: Tensor, i
     Evaluation only (no graph): the output layer and log-softmax run over slices of
     ``SCORE_ROWS`` positions, so the [positions, V] logits are never all in memory.
     """
+    return hidden_token_scores(hidden, output_layer, targets, ignore_index=ignore_index)[0]
+
+
+def hidden_token_scores(hidden: Tensor, output_layer: nn.Linear, targets: Tensor, *, top: int = 0,
+                        ignore_index: int = -100) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``hidden_token_nll``, and with ``top`` also each position's ``top`` most likely tokens:
+    their log-probabilities and ids, ``[B, T, top]`` each, most likely first (else None)."""
     B, T, E = hidden.shape
     flat, tgt = hidden.reshape(B * T, E), targets.reshape(B * T)
     out = torch.empty(B * T, dtype=torch.float32, device=hidden.device)
+    top = min(top, output_layer.out_features)
+    values = torch.empty(B * T, top, dtype=torch.float32, device=hidden.device) if top else None
+    ids = torch.empty(B * T, top, dtype=torch.long, device=hidden.device) if top else None
     for start in range(0, B * T, SCORE_ROWS):
         sl = slice(start, start + SCORE_ROWS)
         logits = output_layer(flat[sl]).float()
         out[sl] = F.cross_entropy(logits, tgt[sl], ignore_index=ignore_index, reduction="none")
-    return out.view(B, T)
+        if values is not None and ids is not None:
+            values[sl], ids[sl] = logits.log_softmax(-1).topk(top, dim=-1)
+    if values is None or ids is None:
+        return out.view(B, T), None, None
+    return out.view(B, T), values.view(B, T, top), ids.view(B, T, top)
 
 
 def mean_nll(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:

@@ -96,15 +96,17 @@ class Pipeline:
         return score_texts(self.model, self.tokenizer, texts, context=self.context, stride=stride,
                            token_logprobs=token_logprobs, device=self.device)
 
-    def score_job(self, texts: list[str], *, stride: int | None = None) -> ScoreJob:
+    def score_job(self, texts: list[str], *, stride: int | None = None, top: int = 0) -> ScoreJob:
         """The scoring of ``texts`` as a step-wise job (the server interleaves it with decoding);
-        ``score_results(texts, job.result())`` gives what ``score`` returns."""
+        ``score_results(texts, job.result())`` gives what ``score`` returns. ``top``: keep each
+        position's most likely tokens too."""
         return ScoreJob(self.model, [self.encode(t) for t in texts], context=self.context, stride=stride,
-                        device=self.device)
+                        device=self.device, top=top)
 
     @staticmethod
     def score_results(texts: list[str], job: ScoreJob, *, token_logprobs: bool = False) -> list[ScoreResult]:
-        return score_results(texts, job.result(), token_logprobs=token_logprobs)
+        return score_results(texts, job.result(), token_logprobs=token_logprobs,
+                             tops=job.top_result() if job.top else None)
 
     def session(self, max_batch_rows: int = 64) -> DecodeSession:
         """A fresh step-wise decoder over this model (the server's continuous batching)."""

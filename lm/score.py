@@ -33,8 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from lm.context import TextContext
-from lm.decoding.params import ParamError
-from lm.losses import hidden_token_nll, perplexity, token_nll
+from lm.decoding.params import Alternatives, ParamError
+from lm.losses import hidden_token_scores, perplexity, token_nll
 from lm.models import model_device
 
 RNN_CHUNK = 512
@@ -49,6 +49,8 @@ class ScoreResult:
     bits_per_char: float
     characters: int
     token_logprobs: list[float] | None
+    top_logprobs: list[Alternatives] | None = None
+    """With ``ScoreJob(top=k)``: each scored position's ``k`` most likely tokens."""
 
 
 def score_texts(
@@ -71,10 +73,12 @@ def score_texts(
     return score_results(texts, nlls, token_logprobs=token_logprobs)
 
 
-def score_results(texts: list[str], nlls: list[Tensor], *, token_logprobs: bool = False) -> list[ScoreResult]:
-    """Each text's figures from its per-token NLL (``ScoreJob.result()``)."""
+def score_results(texts: list[str], nlls: list[Tensor], *, token_logprobs: bool = False,
+                  tops: list[list[Alternatives]] | None = None) -> list[ScoreResult]:
+    """Each text's figures from its per-token NLL (``ScoreJob.result()``), with the
+    alternatives ``tops`` (``ScoreJob.top_result()``) when given."""
     results = []
-    for text, nll in zip(texts, nlls, strict=True):
+    for i, (text, nll) in enumerate(zip(texts, nlls, strict=True)):
         total = float(nll.sum())
         results.append(ScoreResult(
             tokens=len(nll),
@@ -83,6 +87,7 @@ def score_results(texts: list[str], nlls: list[Tensor], *, token_logprobs: bool 
             bits_per_char=total / math.log(2) / len(text) if text else 0.0,
             characters=len(text),
             token_logprobs=(-nll).tolist() if token_logprobs else None,
+            top_logprobs=tops[i] if tops is not None else None,
         ))
     return results
 
@@ -113,11 +118,14 @@ class ScoreJob:
     and stop it between any two forwards (a timeout, a client that left). ``cost`` -- the token
     positions the job will run through the model, every window counted -- is known before any
     work, so a server can refuse a request that would cost too much (``stride: 1`` multiplies
-    the work by the window length).
+    the work by the window length). With ``top``, each scored position's ``top`` most likely
+    tokens are kept too (``top_result()``): the prompt's alternatives that OpenAI's ``echo``
+    with ``logprobs`` returns.
     """
 
     def __init__(self, model: nn.Module, sequences: list[list[int]], *, context: TextContext,
-                 stride: int | None = None, batch_size: int = 16, device: torch.device | str | None = None) -> None:
+                 stride: int | None = None, batch_size: int = 16, device: torch.device | str | None = None,
+                 top: int = 0) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ParamError("batch_size", f"batch_size must be an integer >= 1, got {batch_size!r}")
         size = context.max_length
@@ -133,6 +141,8 @@ class ScoreJob:
             self.pairs.append((full[:-1], full[1:]))
             self._firsts.append(max(n, 1) - 1)
         self._out = [torch.zeros(len(t), dtype=torch.float64) for _, t in self.pairs]
+        self.top = top
+        self._top = [(torch.zeros(len(t), top), torch.zeros(len(t), top, dtype=torch.long)) for _, t in self.pairs]
         if size is None:
             self.cost = sum(len(x) for x, _ in self.pairs)
             self._work = self._recurrent(batch_size)
@@ -155,6 +165,12 @@ class ScoreJob:
             raise RuntimeError("the score job has not finished")
         return [nll[first:] for nll, first in zip(self._out, self._firsts, strict=True)]
 
+    def top_result(self) -> list[list[Alternatives]]:
+        """Each sequence's alternatives per scored token (aligned with ``result()``)."""
+        self.result()
+        return [[tuple(zip(i, v, strict=True)) for i, v in zip(ids[first:].tolist(), values[first:].tolist(), strict=True)]
+                for (values, ids), first in zip(self._top, self._firsts, strict=True)]
+
     def _windows(self, jobs: list[tuple[int, int, int, int]], batch_size: int) -> Iterator[None]:
         """Independent windows, longest first in right-padded batches (right padding never
         changes a causal model's earlier positions)."""
@@ -168,10 +184,14 @@ class ScoreJob:
                 x, y = self.pairs[i]
                 inputs[r, : end - begin] = torch.tensor(x[begin:end])
                 targets[r, first - begin : end - begin] = torch.tensor(y[first:end])
-            nll = _nll(self.model, inputs.to(self.device), targets.to(self.device), None,
-                       use_cache=False)[0].double().cpu()
+            nll, _, top = _nll(self.model, inputs.to(self.device), targets.to(self.device), None, self.top,
+                               use_cache=False)
+            nll = nll.double().cpu()
             for r, (i, begin, end, first) in enumerate(batch):
                 self._out[i][first:end] = nll[r, first - begin : end - begin]
+                if top is not None:
+                    for mine, theirs in zip(self._top[i], top, strict=True):
+                        mine[first:end] = theirs[r, first - begin : end - begin]
             yield
 
     def _recurrent(self, batch_size: int) -> Iterator[None]:
@@ -192,24 +212,34 @@ class ScoreJob:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             state = None
             nll = torch.empty(len(batch), width, dtype=torch.float64)
+            tops = (torch.empty(len(batch), width, self.top), torch.empty(len(batch), width, self.top, dtype=torch.long))
             for start in range(0, width, RNN_CHUNK):
-                chunk, state = _nll(self.model, inputs[:, start : start + RNN_CHUNK],
-                                    targets[:, start : start + RNN_CHUNK], state)
-                nll[:, start : start + RNN_CHUNK] = chunk.double().cpu()
+                cut = slice(start, start + RNN_CHUNK)
+                chunk, state, top = _nll(self.model, inputs[:, cut], targets[:, cut], state, self.top)
+                nll[:, cut] = chunk.double().cpu()
+                if top is not None:
+                    for mine, theirs in zip(tops, top, strict=True):
+                        mine[:, cut] = theirs.cpu()
                 yield
             for r, i in enumerate(batch):
-                self._out[i][:] = nll[r, : len(pairs[i][1])]
+                n = len(pairs[i][1])
+                self._out[i][:] = nll[r, :n]
+                for mine, theirs in zip(self._top[i], tops, strict=True):
+                    mine[:] = theirs[r, :n]
 
 
-def _nll(model: nn.Module, inputs: Tensor, targets: Tensor, state, **kw):  # noqa: ANN001, ANN202
-    """Per-token NLL ``[B, T]`` and the new state; through ``hidden_token_nll`` when the model
-    exposes its ``output_layer`` (the lmforge families), else from its logits."""
+def _nll(model: nn.Module, inputs: Tensor, targets: Tensor, state, top: int = 0, **kw):  # noqa: ANN001, ANN202
+    """Per-token NLL ``[B, T]``, the new state, and with ``top`` the (log-probabilities, ids)
+    of each position's most likely tokens (else None); through ``hidden_token_scores`` when the
+    model exposes its ``output_layer`` (the lmforge families), else from its logits."""
     layer = getattr(model, "output_layer", None)
     if layer is None:
         logits, state = model(inputs, state, **kw)
-        return token_nll(logits, targets), state
+        best = logits.float().log_softmax(-1).topk(min(top, logits.shape[-1]), dim=-1) if top else None
+        return token_nll(logits, targets), state, (tuple(best) if best is not None else None)
     hidden, state = model(inputs, state, return_hidden=True, **kw)
-    return hidden_token_nll(hidden, layer, targets), state
+    nll, values, ids = hidden_token_scores(hidden, layer, targets, top=top)
+    return nll, state, ((values, ids) if values is not None and ids is not None else None)
 
 
 def windows(n: int, size: int, stride: int) -> list[tuple[int, int, int]]:

@@ -18,12 +18,20 @@ from typing import Any
 from fastapi import Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent, format_sse_event
 
-from lm.decoding.params import Completion, FinishEvent, GenerationParams, ParamError, TokenEvent
-from lm.decoding.streaming import token_pieces
+from lm.decoding.params import (
+    Alternatives,
+    Completion,
+    FinishEvent,
+    GenerationParams,
+    ParamError,
+    TokenEvent,
+)
+from lm.decoding.streaming import candidate_piece, token_pieces
 from lm.score import ScoreJob
 from service.errors import APIError, error_body
 from service.registry import ServedModel
 from service.scheduler import Event, GenerationFailed, QueueFull, SchedulerStopped, Submission
+from service.schemas.common import finite
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,12 +136,12 @@ def submit(
 
 
 def score_job(served: ServedModel, texts: list[str], settings: Settings, field: str, *,
-              stride: int | None = None) -> ScoreJob:
+              stride: int | None = None, top: int = 0) -> ScoreJob:
     """The scoring of ``texts``, refused (422) if it would run more token positions through
     the model than ``max_score_cost`` allows -- every window counted, so ``stride: 1`` costs
     the window length per token -- or if the scorer refuses an argument (a bad ``stride``)."""
     try:
-        job = served.pipeline.score_job(texts, stride=stride)
+        job = served.pipeline.score_job(texts, stride=stride, top=top)
     except ParamError as exc:
         raise APIError(422, str(exc), param=exc.field, code="invalid_parameter") from None
     what = "scoring cost (token positions run through the model, every window counted)"
@@ -332,6 +340,30 @@ def prompt_token_texts(served: ServedModel, ids: Sequence[int]) -> list[str]:
     """Each prompt token's text, read after the text start as the model reads it."""
     pipe = served.pipeline
     return token_pieces(pipe.tokenizer, pipe.context.start, ids)
+
+
+def top_maps(served: ServedModel, before: Sequence[int], ids: Sequence[int], pieces: Sequence[str],
+             lps: Sequence[float | None], tops: Sequence[Alternatives]) -> list[dict[str, float] | None]:
+    """OpenAI's ``top_logprobs``: at each position of ``ids`` (read after ``before``), the most
+    likely tokens' texts -- each as it would read there -- and log-probabilities, most likely
+    first, then the chosen token's own (its piece) if it was not among them; None where the
+    chosen token has no log-probability (a first token with no text start). Two alternatives
+    that read the same keep the likelier."""
+    tokenizer = served.pipeline.tokenizer
+    seq = list(before)
+    out: list[dict[str, float] | None] = []
+    for token, piece, lp, top in zip(ids, pieces, lps, tops, strict=True):
+        entry: dict[str, float] | None = None
+        if lp is not None:
+            entry = {}
+            for alt, value in top:
+                v = finite(value)
+                if v is not None:
+                    entry.setdefault(piece if alt == token else candidate_piece(tokenizer, seq, alt), v)
+            entry.setdefault(piece, lp)
+        out.append(entry)
+        seq.append(token)
+    return out
 
 
 def now() -> int:

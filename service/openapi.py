@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.routes.completions import MAX_STOP as MAX_COMPLETION_STOP
+from service.completion_plan import MAX_STOP as MAX_COMPLETION_STOP
 from service.routes.generate import MAX_STOP as MAX_GENERATE_STOP
 from service.settings import Settings
 

@@ -62,7 +62,14 @@ def test_generate_json_and_all_options(char_ckpt, capsys):
     assert [[c["token_ids"] for c in r["completions"]] for r in doc["results"]] == \
         [[c.token_ids for c in cs] for cs in expected]
     c = doc["results"][0]["completions"][0]
-    assert set(c) == {"text", "token_ids", "logprobs", "cumulative_logprob", "finish_reason", "prompt_tokens"}
+    assert set(c) == {"text", "token_ids", "logprobs", "cumulative_logprob", "finish_reason", "prompt_tokens",
+                      "top_logprobs"}
+    assert c["top_logprobs"] == []  # not asked for
+    assert main([*args, "--top-logprobs", "3"]) == 0
+    c = json.loads(capsys.readouterr().out)["results"][0]["completions"][0]
+    assert len(c["top_logprobs"]) == len(c["token_ids"]) and all(len(t) == 3 for t in c["top_logprobs"])
+    assert main([*args, "--top-logprobs", "21"]) == 2
+    assert "top_logprobs must be <= 20" in capsys.readouterr().err
 
 
 def test_generate_beam_and_stream(char_ckpt, capsys):

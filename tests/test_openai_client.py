@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -18,8 +19,13 @@ KEY = "openai-test-key"
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = make_checkpoints(tmp_path_factory.mktemp("ckpts"))
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoints(tmp_path_factory.mktemp("ckpts"))
+
+
+@pytest.fixture(scope="module")
+def base_url(checkpoints: Path) -> Iterator[str]:
+    root = checkpoints
     port = free_port()
     app = create_app(test_settings(root, api_key=KEY, port=port))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
@@ -143,7 +149,84 @@ def test_chat_completions_through_the_official_client(client: OpenAI) -> None:
                                              temperature=0.8, logprobs=True, top_logprobs=1)
     assert len(sampled.choices) == 2
     lp = sampled.choices[0].logprobs
-    assert lp is not None and lp.content and lp.content[0].top_logprobs[0].token == lp.content[0].token
+    assert lp is not None and lp.content and all(len(t.top_logprobs) == 1 for t in lp.content)
+    assert all(t.top_logprobs[0].logprob >= t.logprob - 1e-6 for t in lp.content)  # the likeliest, chosen or not
+    greedy = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0,
+                                            logprobs=True, top_logprobs=3)
+    content = greedy.choices[0].logprobs.content
+    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token for t in content if t.token)
+    assert all(a.logprob >= b.logprob for t in content for a, b in zip(t.top_logprobs, t.top_logprobs[1:], strict=False))
+
+
+def reference_top(checkpoint: Path, ids: list[int], k: int) -> list[dict[int, tuple[str, float]]]:
+    """The ``k`` most likely next tokens (id -> text, logprob) after each prefix of ``ids`` (a
+    char model), from one teacher-forced forward of the checkpoint loaded here, outside the server."""
+    import torch
+
+    from lm.checkpoint import load_checkpoint, read_context
+
+    model, tok, _ = load_checkpoint(checkpoint, device="cpu")
+    start = list(read_context(checkpoint, tok).start)
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([start + ids[:-1]]), None, use_cache=False)
+    logp = logits[0, len(start) - 1 :].float().log_softmax(-1)
+    values, best = logp.topk(k)
+
+
+    def text(t: int) -> str:  # a byte token alone is no text: OpenAI's bytes:\\xNN
+        raw = tok.token_bytes(t)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+    return [{t: (text(t), v) for t, v in zip(row_ids, row_values, strict=True)}
+            for row_ids, row_values in zip(best.tolist(), values.tolist(), strict=True)]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_top_logprobs_for_prompt_and_completion_match_an_outside_forward(client: OpenAI, checkpoints: Path,
+                                                                         stream: bool) -> None:
+    """``logprobs: 3`` with ``echo``: every position's 3 most likely tokens (and the chosen
+    one, where it is not among them), equal to the checkpoint's own distribution computed
+    outside the server; streamed chunks carry the same, position by position."""
+    prompt = "To be"
+    kw = dict(model="tiny", prompt=prompt, max_tokens=6, temperature=0.9, seed=4, logprobs=3, echo=True)
+    if stream:
+        tokens, lps, tops = [], [], []
+        for chunk in client.completions.create(**kw, stream=True):
+            for ch in chunk.choices:
+                if ch.logprobs is not None:
+                    tokens += ch.logprobs.tokens
+                    lps += ch.logprobs.token_logprobs
+                    tops += ch.logprobs.top_logprobs
+        text = "".join(tokens)
+    else:
+        c = client.completions.create(**kw)
+        lp = c.choices[0].logprobs
+        assert lp is not None
+        tokens, lps, tops, text = lp.tokens, lp.token_logprobs, lp.top_logprobs, c.choices[0].text
+    assert text.startswith(prompt) and "".join(tokens) == text and len(tokens) == len(tops)
+    import httpx
+
+    from tokenizer import load_tokenizer
+
+    generated = httpx.post(f"{str(client.base_url).removesuffix('/v1/')}/v1/generate",
+                           headers={"Authorization": f"Bearer {KEY}"},
+                           json={"model": "tiny", "prompt": prompt, "max_new_tokens": 6, "strategy": "sample",
+                                 "temperature": 0.9, "seed": 4}).json()["choices"][0]["token_ids"]
+    ids = load_tokenizer(checkpoints / "tiny").encode(prompt) + generated
+    assert len(ids) == len(tokens)
+    ref = reference_top(checkpoints / "tiny", ids, 3)
+    tok = load_tokenizer(checkpoints / "tiny")
+    for pos, (token_id, token, lp_, top, want) in enumerate(zip(ids, tokens, lps, tops, ref, strict=True)):
+        assert top is not None and len(top) in (3, 4)
+        best3 = dict(list(top.items())[:3])
+        assert list(best3.values()) == pytest.approx([v for _, v in want.values()], abs=1e-4)
+        if not tok.decode(ids[:pos]).endswith("\ufffd"):  # after whole characters, a token reads as alone
+            # (the chosen one as its piece of the text: OpenAI's tokens[i])
+            assert list(best3) == [token if t == token_id else text for t, (text, _) in want.items()]
+        assert top[token] == pytest.approx(lp_, abs=1e-6)  # the chosen token is always there
 
 
 def test_loglikelihood_scoring_the_way_evaluation_harnesses_do(client: OpenAI) -> None:

@@ -48,6 +48,11 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int]) -> str:
         """Text for ``ids``; raises ``TokenizerError`` for an id outside the vocabulary."""
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes token ``token_id`` stands for (a byte token's one byte, which alone
+        is no text); by default its decoded text's."""
+        return self.decode([token_id]).encode("utf-8")
+
     @abstractmethod
     def save(self, directory: PathLike) -> None:
         """Write the tokenizer's files (always including ``tokenizer.json``) into ``directory``."""

@@ -125,6 +125,10 @@ class CharTokenizer(Tokenizer):
         pieces = self._pieces
         return b"".join([pieces[i] for i in ids]).decode("utf-8", "replace")
 
+    def token_bytes(self, token_id: int) -> bytes:
+        check_ids([token_id], self._vocab_size)
+        return self._pieces[token_id]
+
     def save(self, directory: PathLike) -> None:
         meta.write(directory, self, unk_policy=self.unk_policy, chars=list(self.chars))
 

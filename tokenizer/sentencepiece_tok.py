@@ -144,6 +144,12 @@ class SentencePieceTokenizer(Tokenizer):
         check_ids(ids, self._vocab_size)
         return self._sp.decode(ids if isinstance(ids, list) else [int(i) for i in ids])
 
+    def token_bytes(self, token_id: int) -> bytes:
+        check_ids([token_id], self._vocab_size)
+        if self._sp.is_byte(token_id):
+            return bytes([int(self._sp.id_to_piece(token_id)[3:5], 16)])  # "<0xE2>"
+        return self.decode([token_id]).encode("utf-8")
+
     def save(self, directory: PathLike) -> None:
         # The model first: a directory whose tokenizer.json exists is complete.
         write_atomic(Path(directory) / MODEL_FILE, self._proto)

@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("output and device")
     o.add_argument("--stream", action="store_true", help="print text as it is generated")
     o.add_argument("--json", action="store_true", help="print JSON (with --stream: one JSON line per event)")
+    o.add_argument("--top-logprobs", type=int, metavar="K",
+                   help="with --json: each position's K most likely (token id, logprob), up to 20")
     add_runtime_args(o)
     p.set_defaults(func=run)
 

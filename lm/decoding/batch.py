@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from lm.models import concat_states
 
 if TYPE_CHECKING:
-    from lm.decoding.params import GenerationParams
+    from lm.decoding.params import Alternatives, GenerationParams
     from lm.decoding.streaming import TextStream
 
 PREFILL_TOKENS = 2048
@@ -56,6 +56,8 @@ class Row:
     """How many of the last ``tokens`` the decode state holds (0: not prefilled yet). The last
     token is always pending: chosen, but fed at the next step."""
     logprobs: list[float] = field(default_factory=list)
+    top: list[Alternatives] = field(default_factory=list)
+    """With ``top_logprobs``: each generated position's most likely tokens."""
     stream: TextStream | None = None
     rng: random.Random | None = None
     score: float = 0.0

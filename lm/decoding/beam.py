@@ -21,13 +21,13 @@ does, computed in log space, so any finite ``length_penalty`` is safe.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from lm.decoding.batch import Request, Row, RowBatch
-from lm.decoding.params import Completion, FinishEvent
-from lm.decoding.sampling import NEG_INF, RowSampler, sanitize
+from lm.decoding.params import Alternatives, Completion, FinishEvent
+from lm.decoding.sampling import NEG_INF, RowSampler, alternatives, sanitize
 from lm.decoding.streaming import TextStream
 
 
@@ -50,6 +50,7 @@ class Hypothesis:
     tokens: list[int]
     logprobs: list[float]
     reason: str
+    top: list[Alternatives] = field(default_factory=list)
 
 
 class BeamSearch:
@@ -131,6 +132,11 @@ class BeamSearch:
         scores = logp + torch.tensor([b.score for b in beams], device=logp.device)[:, None]
         values, flat = scores.view(-1).topk(min(2 * nb, scores.numel()))
         token_logps = logp.view(-1)[flat]
+        tops = alternatives(logp, [params.top_logprobs] * len(beams)) if params.top_logprobs else None
+
+        def grown(beam: Row, b: int) -> list[Alternatives]:
+            return beam.top + [tops[b]] if tops is not None else beam.top
+
         children: list[Row] = []
         parents: list[int] = []
         for rank, (value, f, lp) in enumerate(zip(values.tolist(), flat.tolist(), token_logps.tolist(), strict=True)):
@@ -140,7 +146,7 @@ class BeamSearch:
             beam = beams[b]
             if token == self.eos and params.stop_at_eos:
                 if rank < nb:
-                    self._add(request, beam.generated + [token], beam.logprobs + [lp], "eos")
+                    self._add(request, beam.generated + [token], beam.logprobs + [lp], "eos", grown(beam, b))
                 continue
             stream = None
             if beam.stream is not None:
@@ -148,32 +154,33 @@ class BeamSearch:
                 stream.push(token)
                 if stream.stopped:
                     if rank < nb:
-                        self._add(request, beam.generated + [token], beam.logprobs + [lp], "stop")
+                        self._add(request, beam.generated + [token], beam.logprobs + [lp], "stop", grown(beam, b))
                     continue
             children.append(Row(request, len(children), beam.tokens + [token], n_ctx=beam.n_ctx,
-                                logprobs=beam.logprobs + [lp], stream=stream, score=value))
+                                logprobs=beam.logprobs + [lp], top=grown(beam, b), stream=stream, score=value))
             parents.append(b)
             if len(children) == nb:
                 break
         if not children:  # nothing left to choose: the beams end as they are
             for beam in beams:
-                self._add(request, beam.generated, beam.logprobs, "banned")
+                self._add(request, beam.generated, beam.logprobs, "banned", beam.top)
             return [], []
         n_gen = len(children[0].logprobs)
         if n_gen >= params.max_new_tokens:
             for child in children:
-                self._add(request, child.generated, child.logprobs, "length")
+                self._add(request, child.generated, child.logprobs, "length", child.top)
             return [], []
         if self._is_done(request, children, n_gen):
             return [], []
         return children, parents
 
-    def _add(self, request: Request, tokens: list[int], logprobs: list[float], reason: str) -> None:
+    def _add(self, request: Request, tokens: list[int], logprobs: list[float], reason: str,
+             top: list[Alternatives]) -> None:
         """Keep a finished hypothesis if it is among the ``num_beams`` best so far."""
         params = request.params
         score = rank_key(sum(logprobs), len(tokens), params.length_penalty)
         hyps = self.hypotheses[request]
-        hyps.append(Hypothesis(score, tokens, logprobs, reason))
+        hyps.append(Hypothesis(score, tokens, logprobs, reason, top))
         hyps.sort(key=lambda h: h.score, reverse=True)
         del hyps[params.num_beams :]
 
@@ -196,7 +203,7 @@ class BeamSearch:
         request.open_rows = n
         return [
             FinishEvent(request.id, i, Completion(self._text(request, h), h.tokens, h.logprobs, sum(h.logprobs),
-                                                  h.reason, request.prompt_tokens))
+                                                  h.reason, request.prompt_tokens, h.top))
             for i, h in enumerate(best)
         ]
 

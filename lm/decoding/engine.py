@@ -35,6 +35,7 @@ from lm.context import TextContext
 from lm.decoding.batch import Request, Row, RowBatch
 from lm.decoding.beam import BeamSearch
 from lm.decoding.params import (
+    Alternatives,
     Completion,
     DoneEvent,
     Event,
@@ -43,7 +44,7 @@ from lm.decoding.params import (
     ParamError,
     TokenEvent,
 )
-from lm.decoding.sampling import RowSampler, sanitize
+from lm.decoding.sampling import RowSampler, alternatives, sanitize
 from lm.decoding.streaming import TextStream
 from lm.models import model_device
 
@@ -186,15 +187,17 @@ class DecodeSession:
                                     dtype=torch.float64, device=self.device)
         tokens = sampler.choose(logits, uniforms, best=best, top=top, alive=alive)
         # One fused log-softmax pass (cheaper than logsumexp's several) for the chosen tokens.
-        logprobs = logits.log_softmax(-1).gather(1, tokens[:, None]).squeeze(1)
+        logp = logits.log_softmax(-1)
+        logprobs = logp.gather(1, tokens[:, None]).squeeze(1)
+        tops = alternatives(logp, sampler.top_logprobs) if sampler.max_top_logprobs else [()] * len(rows)
         batch.mark_seen(tokens)
         batch.pending = tokens
 
         events: list[Event] = []
         keep: list[int] = []
-        for i, (row, token, logprob, ok) in enumerate(
-                zip(rows, tokens.tolist(), logprobs.tolist(), alive.tolist(), strict=True)):
-            finish = self._advance(row, token, logprob, events) if ok else self._exhausted(row, events)
+        for i, (row, token, logprob, top, ok) in enumerate(
+                zip(rows, tokens.tolist(), logprobs.tolist(), tops, alive.tolist(), strict=True)):
+            finish = self._advance(row, token, logprob, top, events) if ok else self._exhausted(row, events)
             if finish is not None:
                 self._finish(finish, events)
             else:
@@ -209,17 +212,20 @@ class DecodeSession:
         assert stream is not None
         tail = stream.finish()
         completion = Completion(stream.text, row.generated, row.logprobs, sum(row.logprobs), "banned",
-                                row.request.prompt_tokens)
+                                row.request.prompt_tokens, row.top)
         event = FinishEvent(row.request.id, row.index, completion, tail)
         events.append(event)
         return event
 
-    def _advance(self, row: Row, token: int, logprob: float, events: list[Event]) -> FinishEvent | None:
+    def _advance(self, row: Row, token: int, logprob: float, top: Alternatives,
+                 events: list[Event]) -> FinishEvent | None:
         """Append a chosen token to a greedy/sampled row; its ``FinishEvent`` if it has finished."""
         request, params, stream = row.request, row.request.params, row.stream
         assert stream is not None
         row.tokens.append(token)
         row.logprobs.append(logprob)
+        if params.top_logprobs:
+            row.top.append(top)
         reason = None
         if token == self._eos and params.stop_at_eos:
             reason, delta = "eos", stream.finish()
@@ -229,10 +235,11 @@ class DecodeSession:
                 reason = "stop"
             elif len(row.logprobs) >= params.max_new_tokens:
                 reason, delta = "length", delta + stream.finish()
-        events.append(TokenEvent(request.id, row.index, delta, token, logprob))
+        events.append(TokenEvent(request.id, row.index, delta, token, logprob, top))
         if reason is None:
             return None
-        completion = Completion(stream.text, row.generated, row.logprobs, sum(row.logprobs), reason, request.prompt_tokens)
+        completion = Completion(stream.text, row.generated, row.logprobs, sum(row.logprobs), reason, request.prompt_tokens,
+                                row.top)
         event = FinishEvent(request.id, row.index, completion)
         events.append(event)
         return event

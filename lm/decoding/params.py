@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STRATEGIES = ("greedy", "sample", "beam")
+Alternatives = tuple[tuple[int, float], ...]
+"""The most likely tokens at one position: ``(token id, log-probability)``, most likely first."""
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives a request may ask for per position (OpenAI's chat limit)."""
 FINISH_REASONS = ("length", "stop", "eos", "banned")
 """Why a sequence ended: ``max_new_tokens``, a stop string, ``<eos>``, or no token left to choose
 (``no_repeat_ngram_size`` had banned every token of the vocabulary)."""
@@ -50,7 +54,8 @@ class GenerationParams:
     ``num_beams`` hypotheses ranked by log-probability / length ** ``length_penalty``.
     ``repetition_penalty``, ``no_repeat_ngram_size``, ``logit_bias`` (token id -> a number in
     [-100, 100] added to its logit, OpenAI's semantics) and ``suppress_tokens`` (ids never
-    chosen) apply to every strategy. ``seed`` makes a
+    chosen) apply to every strategy. ``top_logprobs`` asks for the most likely tokens and their
+    log-probabilities at every generated position (``TokenEvent.top``). ``seed`` makes a
     sampled request reproducible whatever else is decoded with it. Generation ends at
     ``max_new_tokens``, at ``<eos>`` (if ``stop_at_eos``) or when the text contains one of
     ``stop`` (which is cut off and not returned).
@@ -74,6 +79,7 @@ class GenerationParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     """(token id, bias) pairs; a mapping is accepted and stored sorted."""
     suppress_tokens: tuple[int, ...] = ()
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -126,6 +132,9 @@ class GenerationParams:
         for token in self.suppress_tokens:
             _int("suppress_tokens", token, 0)
         object.__setattr__(self, "suppress_tokens", tuple(sorted({int(t) for t in self.suppress_tokens})))
+        _int("top_logprobs", self.top_logprobs, 0)
+        if self.top_logprobs > MAX_TOP_LOGPROBS:
+            raise ParamError("top_logprobs", f"top_logprobs must be <= {MAX_TOP_LOGPROBS}, got {self.top_logprobs}")
 
     @property
     def constrains(self) -> bool:
@@ -163,6 +172,8 @@ class Completion:
     distribution after ``repetition_penalty``/``no_repeat_ngram_size`` and before the sampling
     shapers (temperature, top-k, top-p, min-p), so strategies report comparable numbers. Beam
     search ranks its results by ``cumulative_logprob / len(token_ids) ** length_penalty``.
+    With ``top_logprobs: k``, ``top_logprobs[i]`` holds the ``k`` most likely ``(token id,
+    log-probability)`` at position ``i`` under that same distribution, most likely first.
     """
 
     text: str
@@ -171,6 +182,7 @@ class Completion:
     cumulative_logprob: float
     finish_reason: str
     prompt_tokens: int
+    top_logprobs: list[Alternatives] = field(default_factory=list)
 
 
 @dataclass
@@ -183,6 +195,8 @@ class TokenEvent:
     text: str
     token_id: int
     logprob: float
+    top: Alternatives = ()
+    """With ``top_logprobs``: the most likely ``(token id, log-probability)`` at this position."""
 
 
 @dataclass

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lm.decoding.params import GenerationParams
+from lm.decoding.params import Alternatives, GenerationParams
 
 NEG_INF = float("-inf")
 PENALTY_RANGE = (1e-30, 1e30)
@@ -125,6 +125,8 @@ class RowSampler:
         def col(values: list[float]) -> Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
 
+        self.top_logprobs = [p.top_logprobs for p in params]
+        self.max_top_logprobs = max(self.top_logprobs, default=0)
         self.sampled = [p.samples for p in params]
         self.any_sampled = any(self.sampled)
         self.penalty = col([min(max(p.repetition_penalty, PENALTY_RANGE[0]), PENALTY_RANGE[1]) for p in params])
@@ -208,3 +210,15 @@ class RowSampler:
             # depend on what its batch-mates asked for.
             shaped = torch.full_like(logits, NEG_INF).scatter_(1, ids, shaped)
         return torch.where(self.is_sampled & alive, draw(shaped, uniforms), best)
+
+
+def alternatives(logp: Tensor, counts: Sequence[int]) -> list[Alternatives]:
+    """Row ``i``'s ``counts[i]`` most likely ``(token id, log-probability)`` under ``logp``
+    ``[B, V]`` (log-probabilities), most likely first: one ``topk`` for the whole batch, at the
+    largest count, cut per row. Tokens at ``-inf`` (banned) are left out."""
+    k = min(max(counts, default=0), logp.shape[-1])
+    if k == 0:
+        return [() for _ in counts]
+    values, ids = logp.topk(k, dim=-1)
+    return [tuple((t, v) for t, v in zip(row_ids[:n], row_values[:n], strict=True) if v > NEG_INF)
+            for row_ids, row_values, n in zip(ids.tolist(), values.tolist(), counts, strict=True)]

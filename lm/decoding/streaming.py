@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 REPLACEMENT = "\ufffd"
+BYTES_PREFIX = "bytes:"
+"""How a token that is part of a character reads among alternatives (OpenAI's convention)."""
 PROMPT_CONTEXT = 4
 """Prompt tokens decoded ahead of the completion (enough for any tokenizer's spacing rules)."""
 
@@ -126,41 +128,72 @@ def token_pieces(tokenizer: Decoder, context_ids: Sequence[int], ids: Sequence[i
     return out
 
 
+def candidate_piece(tokenizer: Decoder, before: Sequence[int], token_id: int) -> str:
+    """The text ``token_id`` would add after ``before`` (decoded in the window of its last few
+    tokens, as ``TextStream`` decodes): an alternative's text in ``top_logprobs``. A token that
+    only starts a character has no text of its own: it reads as its bytes, OpenAI's way
+    (``bytes:\\xe2``), so two such alternatives stay apart."""
+    window = list(before[-PROMPT_CONTEXT:]) if PROMPT_CONTEXT else []
+    base = tokenizer.decode(window).rstrip(REPLACEMENT)  # a character it may complete is its own
+    text = tokenizer.decode([*window, token_id])
+    piece = text[len(base):] if text.startswith(base) else text
+    if (not piece or piece.endswith(REPLACEMENT)) and hasattr(tokenizer, "token_bytes"):
+        raw = tokenizer.token_bytes(token_id)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:  # part of a character
+            return BYTES_PREFIX + "".join(f"\\x{b:02x}" for b in raw)
+    return piece
+
+
+def piece_bytes(piece: str) -> bytes:
+    """The bytes a ``top_logprobs`` text stands for (``bytes:\\xe2`` is one byte)."""
+    if piece.startswith(BYTES_PREFIX):
+        try:
+            return bytes.fromhex(piece[len(BYTES_PREFIX):].replace("\\x", ""))
+        except ValueError:
+            pass
+    return piece.encode("utf-8")
+
+
 class PieceAligner:
     """``token_pieces`` step by step, for a stream: each token's piece is released once the text
-    released to the client covers it, so streamed pieces equal the non-streamed ones."""
+    released to the client covers it, so streamed pieces equal the non-streamed ones. Each
+    token carries a ``payload`` (its log-probability, alternatives...) out with its piece.
+
+    The newest token is held while its piece is empty: it may have started a character that the
+    text ends in the middle of, whose U+FFFD ``finish`` then gives it (released, it would leave
+    that text to no token)."""
 
     def __init__(self, tokenizer: Decoder, context_ids: Sequence[int] = ()) -> None:
         self._stream = TextStream(tokenizer, context_ids)
-        self._pending: list[list] = []  # [piece, logprob]
+        self._pending: list[list] = []  # [piece, payload]
         self._end = 0  # characters of text in pieces so far
         self._released = 0  # characters of text already handed out in released pieces
 
-    def push(self, token_id: int, logprob: float, released: int) -> list[tuple[str, float]]:
+    def push(self, token_id: int, payload: Any, released: int) -> list[tuple[str, Any]]:
         """Add a token (``released``: characters of the completion the client has so far);
-        return the ``(piece, logprob)`` of each token now covered by released text."""
+        return the ``(piece, payload)`` of each token now covered by released text."""
         piece = self._stream.push(token_id)
-        self._pending.append([piece, logprob])
+        self._pending.append([piece, payload])
         self._end += len(piece)
         return self._flush(released, final=False)
 
-    def finish(self, length: int) -> list[tuple[str, float]]:
+    def finish(self, length: int) -> list[tuple[str, Any]]:
         """The rest, cut to a completion of ``length`` characters."""
         tail = self._stream.finish()
         if self._pending:
             self._pending[-1][0] += tail
-        elif tail:
-            self._pending.append([tail, 0.0])
         return self._flush(length, final=True)
 
-    def _flush(self, limit: int, *, final: bool) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
+    def _flush(self, limit: int, *, final: bool) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
         while self._pending:
-            piece, logprob = self._pending[0]
-            if not final and self._released + len(piece) > limit:
+            piece, payload = self._pending[0]
+            if not final and (self._released + len(piece) > limit or (not piece and len(self._pending) == 1)):
                 break
             keep = piece[: max(0, limit - self._released)]
             self._released += len(keep)
-            out.append((keep, logprob))
+            out.append((keep, payload))
             self._pending.pop(0)
         return out

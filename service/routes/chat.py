@@ -7,7 +7,7 @@ stop handling and token texts -- with the turn boundary as an extra stop string;
 reshaped into chat's objects: ``message`` (non-streamed) or ``delta`` chunks (a first chunk with
 the role, then content deltas, a finish chunk, optionally usage, then ``data: [DONE]``). The
 reply's leading whitespace (after ``Assistant:``) is dropped. ``logprobs: true`` gives each
-token's log-probability; ``top_logprobs`` 0 or 1 (the chosen token only).
+token's log-probability, and ``top_logprobs: k`` the ``k`` most likely tokens at its position.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.sse import ServerSentEvent
 
+from lm.decoding.streaming import piece_bytes
 from service.chat import TURN_STOPS, render
+from service.completion_plan import MAX_STOP, Plan
 from service.deps import RegistryDep, SettingsDep, request_id
 from service.errors import ERROR_RESPONSES, APIError
 from service.generation import event_stream, now, sse, sse_content
 from service.routes.completions import (
-    MAX_STOP,
     CompletionJob,
-    Plan,
     answer,
     deltas,
     queued,
@@ -59,7 +59,7 @@ def completion_request(body: ChatRequest) -> CompletionRequest:
     return CompletionRequest(
         model=body.model, prompt=render(body.messages), max_tokens=max_tokens, temperature=body.temperature,
         top_p=body.top_p, n=body.n, stop=[*TURN_STOPS, *stop], seed=body.seed,
-        logprobs=0 if body.logprobs else None, stream=body.stream, stream_options=body.stream_options,
+        stream=body.stream, stream_options=body.stream_options,
         logit_bias=body.logit_bias,
     )
 
@@ -67,18 +67,24 @@ def completion_request(body: ChatRequest) -> CompletionRequest:
 async def chat_job(body: ChatRequest, request: Request, registry: RegistryDep,
                    settings: SettingsDep) -> AsyncIterator[CompletionJob]:
     """Plan and queue as ``/v1/completions`` does; errors about the prompt name ``messages``."""
-    async with queued(completion_request(body), request, registry, settings, field="messages") as job:
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    async with queued(completion_request(body), request, registry, settings, field="messages",
+                      logprobs=logprobs) as job:
         yield job
 
 
-def chat_logprobs(block: CompletionLogprobs | None, top: bool) -> ChoiceLogprobs | None:
+def chat_logprobs(block: CompletionLogprobs | None, top: int) -> ChoiceLogprobs | None:
+    """Chat's logprobs from the completions block: per token, its ``top`` most likely
+    alternatives (the completions map's first entries; the chosen token is added there last
+    only when it is not among them)."""
     if block is None:
         return None
     content = []
-    for token, lp in zip(block.tokens, block.token_logprobs, strict=True):
-        raw = list(token.encode("utf-8"))
-        content.append(TokenLogprob(token=token, logprob=lp, bytes=raw,
-                                    top_logprobs=[TopLogprob(token=token, logprob=lp, bytes=raw)] if top else []))
+    tops = block.top_logprobs or [None] * len(block.tokens)
+    for token, lp, alts in zip(block.tokens, block.token_logprobs, tops, strict=True):
+        best = list((alts or {}).items())[:top]
+        content.append(TokenLogprob(token=token, logprob=lp, bytes=list(token.encode("utf-8")), top_logprobs=[
+            TopLogprob(token=t, logprob=v, bytes=list(piece_bytes(t))) for t, v in best]))
     return ChoiceLogprobs(content=content)
 
 
@@ -101,7 +107,7 @@ async def chat_completions(
     """OpenAI-compatible chat completions over a base model (streaming and not)."""
     p = job.plan
     rid = request_id(request)
-    top = bool(body.logprobs and body.top_logprobs)
+    top = (body.top_logprobs or 0) if body.logprobs else 0
     if job.stream:
         return event_stream(chat_chunks(p, job, request, settings, rid, top))
     completions, usage = await answer(p, job.submission, request, settings)
@@ -112,7 +118,7 @@ async def chat_completions(
 
 
 async def chat_chunks(p: Plan, job: CompletionJob, request: Request, settings: Settings, rid: str,
-                      top: bool) -> AsyncIterator[ServerSentEvent]:
+                      top: int) -> AsyncIterator[ServerSentEvent]:
     """The completions stream's deltas as chat chunks: the role first, then content deltas (the
     reply's leading whitespace dropped), each choice's finish, usage if asked, then [DONE]."""
     created = now()

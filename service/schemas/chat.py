@@ -34,7 +34,8 @@ class ChatRequest(RequestBody):
     stop: str | list[str] | None = Field(None, description="up to 4 stop strings, beside the template's own")
     seed: int | None = Field(None, ge=0, le=INT63)
     logprobs: bool | None = Field(False, description="return each token's log-probability")
-    top_logprobs: int | None = Field(None, ge=0, le=1, description="0 or 1: the chosen token's (no alternatives)")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="with logprobs: the most likely tokens at each "
+                                                                    "position, up to 20")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     logit_bias: LogitBias = None

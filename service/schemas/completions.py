@@ -31,7 +31,8 @@ class CompletionRequest(RequestBody):
     best_of: int | None = Field(None, ge=1, le=INT32, description="equal to n, or with use_beam_search the beam width")
     stop: str | list[str] | None = Field(None, description="up to 4 stop strings")
     seed: int | None = Field(None, ge=0, le=INT63)
-    logprobs: int | None = Field(None, ge=0, le=5, description="return log-probabilities of the chosen tokens")
+    logprobs: int | None = Field(None, ge=0, le=5, description="return each token's log-probability and, in "
+                                 "top_logprobs, the k most likely tokens at its position (and the chosen one)")
     echo: bool | None = Field(False, description="prepend the prompt to the completion")
     stream: bool | None = Field(False, description="Server-Sent Events, ending with data: [DONE]")
     stream_options: StreamOptions | None = None
