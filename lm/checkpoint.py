@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from lm.chat_template import ChatTemplate, ChatTemplateError, read_template
 from lm.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
 from lm.context import ContextError, TextContext, trained_length
 from lm.example import Example, ExampleError
@@ -72,10 +73,12 @@ def save_checkpoint(
     state_dict: dict[str, torch.Tensor] | None = None,
     context: TextContext | None = None,
     example: Example | None = None,
+    chat_template: ChatTemplate | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, fsync, rename).
 
-    ``example`` is the prompt and decoding settings the playground opens with (``lm.example``).
+    ``example`` is the prompt and decoding settings the playground opens with (``lm.example``);
+    ``chat_template`` how chats become prompts (``lm.chat_template``; none: the default).
 
     ``context`` records what a text starts from and the context length the model was trained
     on (``lm.context``); without it, the trainer's rule is applied to the tokenizer and the
@@ -105,6 +108,8 @@ def save_checkpoint(
         }
         if example is not None:
             meta["example"] = example.to_dict()
+        if chat_template is not None:
+            meta["chat_template"] = chat_template.to_dict()
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         to_save = model
         if dtype is not None or state_dict is not None:
@@ -190,7 +195,8 @@ def read_config(directory: Path) -> tuple[ModelConfig, dict[str, Any]]:
         raise CheckpointError(f"{cfg_path}: not an lmforge checkpoint config (format must be {FORMAT!r})")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{cfg_path}: unsupported version {meta.get('version')!r} (this lmforge reads {VERSION})")
-    unknown = sorted(set(meta) - {"format", "version", "model", "tokenizer", "context", "training", "example"})
+    unknown = sorted(set(meta) - {"format", "version", "model", "tokenizer", "context", "training", "example",
+                             "chat_template"})
     if unknown:
         raise CheckpointError(f"{cfg_path}: unknown field(s) {', '.join(unknown)}")
     try:
@@ -312,6 +318,15 @@ def read_example(directory: str | os.PathLike[str]) -> Example | None:
         return Example.from_dict(meta["example"])
     except ExampleError as exc:
         raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: {exc}") from None
+
+
+def read_chat_template(directory: str | os.PathLike[str]) -> ChatTemplate | None:
+    """The checkpoint's chat template, checked (``lm.chat_template.read``); None: the default."""
+    _, meta = read_config(Path(directory))
+    try:
+        return read_template(Path(directory), meta.get("chat_template"), CONFIG_FILE)
+    except ChatTemplateError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def read_context(directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> TextContext:

@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lm.chat_template import ChatTemplate
 from lm.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
     load_checkpoint,
+    read_chat_template,
     read_context,
     read_example,
     resolve_checkpoint_dir,
@@ -32,8 +34,6 @@ from lm.score import ScoreJob, ScoreResult, score_results, score_texts
 log = logging.getLogger(__name__)
 
 
-
-
 class Pipeline:
     """A loaded checkpoint ready to generate and score.
 
@@ -44,7 +44,8 @@ class Pipeline:
 
     def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, *, name: str = "model",
                  device: torch.device | None = None, context: TextContext | None = None,
-                 owned: bool = False, example: Example | None = None) -> None:
+                 owned: bool = False, example: Example | None = None,
+                 chat_template: ChatTemplate | None = None) -> None:
         self.name = name
         self.model = prepare_for_inference(model, in_place=owned)
         self.tokenizer = tokenizer
@@ -53,6 +54,8 @@ class Pipeline:
         """What texts start from and the context length to use (``lm.context``)."""
         self.example = example
         """The prompt and settings that show the model at its best (``lm.example``), if known."""
+        self.chat_template = chat_template or ChatTemplate()
+        """How a chat's messages become a prompt (``lm.chat_template``)."""
         self.device = device if device is not None else model_device(model)
 
     @classmethod
@@ -74,7 +77,8 @@ class Pipeline:
                 GenerationParams(**example.params)
             except (ParamError, TypeError) as exc:
                 raise CheckpointError(f"{directory / CONFIG_FILE}: example params: {exc}") from None
-        return cls(model, tokenizer, config, name=name, context=context, owned=True, example=example)
+        return cls(model, tokenizer, config, name=name, context=context, owned=True, example=example,
+                   chat_template=read_chat_template(directory))
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

@@ -1,22 +1,17 @@
-"""Chat over base models: the messages of a chat request rendered into one prompt.
-
-lmforge's models are base language models with no chat training, so the template is a plain
-transcript -- the format such models have seen most (plays, forums, interviews): an optional
-system line, then ``User: ...`` and ``Assistant: ...`` turns, and a last ``Assistant:`` for
-the model to continue. Generation stops where the model starts the user's next turn
-(``TURN_STOPS``), so a reply is one turn. (A template per checkpoint, carried in its config
-and set at export or import, is not implemented: every model uses this one.)
-"""
+"""Chat over base models: a chat request's messages rendered into one prompt by the model's chat
+template (``lm.chat_template``: the checkpoint's own, else the ``User:``/``Assistant:``
+transcript), and the template's stop strings, where a reply ends."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lm.chat_template import ChatTemplate, ChatTemplateError
+from service.errors import APIError
 from service.schemas.chat import Message
 
-ROLE_NAMES = {"user": "User", "assistant": "Assistant"}
-TURN_STOPS = ("\nUser:",)
-"""Where a reply ends: the model beginning the next user turn."""
+ROLES = {"developer": "system"}
+"""OpenAI's newer name for the system role; templates know ``system``."""
 
 
 def message_text(message: Message) -> str:
@@ -24,13 +19,12 @@ def message_text(message: Message) -> str:
     return content if isinstance(content, str) else "".join(part.text for part in content)
 
 
-def render(messages: Sequence[Message]) -> str:
-    """The transcript prompt for ``messages``, ending with the assistant's turn to speak."""
-    lines = []
-    for message in messages:
-        text = message_text(message).strip()
-        if message.role in ("system", "developer"):
-            lines.append(text + "\n")
-        else:
-            lines.append(f"{ROLE_NAMES[message.role]}: {text}")
-    return "\n".join(lines) + "\nAssistant:"
+def render(messages: Sequence[Message], template: ChatTemplate | None = None) -> str:
+    """The prompt for ``messages``, ending with the assistant's turn to speak; a template that
+    refuses them (e.g. "roles must alternate") is a 422 naming ``messages``."""
+    template = template or ChatTemplate()
+    dicts = [{"role": ROLES.get(m.role, m.role), "content": message_text(m)} for m in messages]
+    try:
+        return template.render(dicts)
+    except ChatTemplateError as exc:
+        raise APIError(422, str(exc), param="messages", code="invalid_messages") from None

@@ -80,9 +80,10 @@ def _prompts(body: CompletionRequest, served: ServedModel, settings: Settings, f
 
 
 def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, settings: Settings, *,
-         field: str = "prompt", logprobs: int | None = None) -> Plan:
+         field: str = "prompt", logprobs: int | None = None, extra_stop: tuple[str, ...] = ()) -> Plan:
     """The request resolved against its model; errors about a string prompt name ``field`` (the
-    chat route's prompt is its ``messages``, and its ``top_logprobs`` count is ``logprobs``)."""
+    chat route's prompt is its ``messages``, its ``top_logprobs`` count is ``logprobs`` and its
+    template's stop strings are ``extra_stop``, beside the client's)."""
     if logprobs is None:
         logprobs = body.logprobs
     served = resolve_model(registry, body.model, settings)
@@ -96,7 +97,7 @@ def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, set
     max_tokens = settings.max_new_tokens if body.max_tokens is None else body.max_tokens
     temperature = 1.0 if body.temperature is None else body.temperature
     greedy = temperature == 0 and not body.use_beam_search
-    options: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": tuple(stop), "logit_bias": logit_bias(body.logit_bias),
+    options: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": (*extra_stop, *stop), "logit_bias": logit_bias(body.logit_bias),
                                "top_logprobs": logprobs or 0}
     if body.use_beam_search:
         options.update(strategy="beam", num_beams=body.best_of or max(n, 4), num_return_sequences=n,

@@ -43,7 +43,7 @@ def test_a_reply_is_one_turn_and_equals_the_completion_of_the_transcript(client:
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user", "content": "x" * 500}]}, "messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages"),
-    ({"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d"]}, "stop"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 1}, "presence_penalty"),
 ])
 def test_bad_requests_name_the_field(client: TestClient, body: dict, param: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from lm.dtypes import WEIGHT_DTYPES, torch_dtype
 
@@ -18,10 +20,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="run directory (its best/ is used) or checkpoint directory")
     p.add_argument("dest", help="destination checkpoint directory (replaced atomically)")
     p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp32", help="weight precision on disk")
+    p.add_argument("--chat-template", metavar="FILE",
+                   help="a Jinja chat template (transformers' convention: messages, add_generation_prompt) "
+                        "for /v1/chat/completions; 'default' for the User:/Assistant: transcript (default: "
+                        "the source's)")
+    p.add_argument("--chat-stop", action="append", metavar="TEXT",
+                   help="where a chat reply ends, e.g. the next turn's start; repeatable (with --chat-template)")
     p.set_defaults(func=run)
 
 
+def chat_template(args: argparse.Namespace, source):  # noqa: ANN001, ANN201 -- lm.chat_template types
+    """The template to export: the one given (a file, or 'default'), else the source's."""
+    from lm.chat_template import DEFAULT_STOP, ChatTemplate
+    from lm.checkpoint import read_chat_template
+
+    if args.chat_template is None:
+        if args.chat_stop:
+            raise ValueError("--chat-stop goes with --chat-template")
+        return read_chat_template(source)
+    if args.chat_template == "default":
+        return ChatTemplate(stop=tuple(args.chat_stop or DEFAULT_STOP))
+    from tokenizer.io import read_regular_file
+
+    path = Path(args.chat_template)
+    text = read_regular_file(path, 1 << 20).decode("utf-8")
+    template = ChatTemplate(text, tuple(args.chat_stop or ()))
+    template.check()
+    return template
+
+
 def run(args: argparse.Namespace) -> int:
+    from lm.chat_template import ChatTemplateError
     from lm.checkpoint import (
         load_checkpoint,
         read_config,
@@ -30,14 +59,26 @@ def run(args: argparse.Namespace) -> int:
         resolve_checkpoint_dir,
         save_checkpoint,
     )
+    from tokenizer import TokenizerError
 
     src = resolve_checkpoint_dir(args.source)
     _, meta = read_config(src)
+    try:
+        template = chat_template(args, src)
+    except FileNotFoundError:
+        return _error(f"--chat-template {args.chat_template}: no such file")
+    except (ChatTemplateError, TokenizerError, UnicodeDecodeError, ValueError) as exc:
+        return _error(f"--chat-template {args.chat_template}: {exc}" if args.chat_template else str(exc))
     model, tok, _ = load_checkpoint(src, device="cpu")
     training = dict(meta.get("training") or {})
     training["exported_from"] = str(src)
     training["weights_dtype"] = args.dtype
     out = save_checkpoint(args.dest, model, tok, training=training, dtype=torch_dtype(args.dtype),
-                          context=read_context(src, tok), example=read_example(src))
+                          context=read_context(src, tok), example=read_example(src), chat_template=template)
     print(f"exported {src} -> {out} ({args.dtype})")
     return 0
+
+
+def _error(message: str) -> int:
+    print(f"lmforge export: error: {message}", file=sys.stderr)
+    return 2

@@ -1,9 +1,10 @@
 """``POST /v1/chat/completions``: OpenAI's chat API, so chat clients (the official ``openai``
 client's ``chat.completions.create``) work against a base model.
 
-The messages become one prompt (``service.chat.render``, a transcript ending ``Assistant:``) and
-the request runs through ``/v1/completions``' machinery -- the same planning, limits, queueing,
-stop handling and token texts -- with the turn boundary as an extra stop string; the answers are
+The messages become one prompt by the model's chat template (``service.chat.render``: the
+checkpoint's own, else a transcript ending ``Assistant:``) and the request runs through
+``/v1/completions``' machinery -- the same planning, limits, queueing, stop handling and token
+texts -- with the template's stop strings (the turn boundary) beside the client's; the answers are
 reshaped into chat's objects: ``message`` (non-streamed) or ``delta`` chunks (a first chunk with
 the role, then content deltas, a finish chunk, optionally usage, then ``data: [DONE]``). The
 reply's leading whitespace (after ``Assistant:``) is dropped. ``logprobs: true`` gives each
@@ -19,10 +20,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.sse import ServerSentEvent
 
 from lm.decoding.streaming import piece_bytes
-from service.chat import TURN_STOPS, render
-from service.completion_plan import MAX_STOP, Plan
-from service.deps import RegistryDep, SettingsDep, request_id
-from service.errors import ERROR_RESPONSES, APIError
+from service.chat import render
+from service.completion_plan import Plan
+from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
+from service.errors import ERROR_RESPONSES
 from service.generation import event_stream, now, sse, sse_content
 from service.routes.completions import (
     CompletionJob,
@@ -46,19 +47,12 @@ from service.settings import Settings
 
 router = APIRouter(tags=["chat"])
 
-MAX_USER_STOP = MAX_STOP - len(TURN_STOPS)
-
-
-def completion_request(body: ChatRequest) -> CompletionRequest:
-    """The completions request a chat request stands for."""
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > MAX_USER_STOP:
-        raise APIError(422, f"stop takes up to {MAX_USER_STOP} strings here (the template adds its own)",
-                       param="stop", code="invalid_stop")
+def completion_request(body: ChatRequest, prompt: str) -> CompletionRequest:
+    """The completions request a chat request stands for, with ``prompt`` its rendered messages."""
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     return CompletionRequest(
-        model=body.model, prompt=render(body.messages), max_tokens=max_tokens, temperature=body.temperature,
-        top_p=body.top_p, n=body.n, stop=[*TURN_STOPS, *stop], seed=body.seed,
+        model=body.model, prompt=prompt, max_tokens=max_tokens, temperature=body.temperature,
+        top_p=body.top_p, n=body.n, stop=body.stop, seed=body.seed,
         stream=body.stream, stream_options=body.stream_options,
         logit_bias=body.logit_bias,
     )
@@ -67,9 +61,10 @@ def completion_request(body: ChatRequest) -> CompletionRequest:
 async def chat_job(body: ChatRequest, request: Request, registry: RegistryDep,
                    settings: SettingsDep) -> AsyncIterator[CompletionJob]:
     """Plan and queue as ``/v1/completions`` does; errors about the prompt name ``messages``."""
+    template = resolve_model(registry, body.model, settings).pipeline.chat_template
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    async with queued(completion_request(body), request, registry, settings, field="messages",
-                      logprobs=logprobs) as job:
+    async with queued(completion_request(body, render(body.messages, template)), request, registry, settings,
+                      field="messages", logprobs=logprobs, extra_stop=template.stop) as job:
         yield job
 
 

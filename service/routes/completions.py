@@ -78,10 +78,12 @@ class CompletionJob:
 
 @contextlib.asynccontextmanager
 async def queued(body: CompletionRequest, request: Request, registry: ModelRegistry, settings: Settings, *,
-                 field: str = "prompt", logprobs: int | None = None) -> AsyncIterator[CompletionJob]:
+                 field: str = "prompt", logprobs: int | None = None, extra_stop: tuple[str, ...] = ()
+                 ) -> AsyncIterator[CompletionJob]:
     """Resolve, check and queue the request before any response starts (failures are JSON
-    errors, streamed or not); the submission is cancelled when the response is over (``owned``)."""
-    p = plan(body, request, registry, settings, field=field, logprobs=logprobs)
+    errors, streamed or not); the submission is cancelled when the response is over (``owned``).
+    The keywords are the chat route's (``plan``)."""
+    p = plan(body, request, registry, settings, field=field, logprobs=logprobs, extra_stop=extra_stop)
     rid = request_id(request)
     if p.echo and p.logprobs is not None:
         await prompt_logprobs(p, request, settings, rid)
