@@ -20,7 +20,7 @@ from service.errors import install_error_handlers
 from service.generation import ClientGone
 from service.metrics import Metrics
 from service.middleware import BodyTimeout, DeclaredBodyLimit, RequestContextMiddleware
-from service.openapi import live_schema
+from service.openapi import ModelFacts, live_schema
 from service.registry import ModelRegistry
 from service.routes import (
     chat,
@@ -106,9 +106,14 @@ def create_app(
     docs.mount_assets(app)
     build_schema = app.openapi
 
-    def openapi() -> dict[str, Any]:  # FastAPI's document, with the live limits written in
-        if app.openapi_schema is None:
-            app.openapi_schema = live_schema(build_schema(), settings)
+    built: dict[ModelFacts, dict[str, Any]] = {}
+
+    def openapi() -> dict[str, Any]:  # FastAPI's document, with the live limits and models written in
+        facts = ModelFacts.of(registry.models.values())
+        if facts not in built:
+            built.clear()
+            built[facts] = live_schema(build_schema(), settings, facts)
+        app.openapi_schema = built[facts]
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -34,6 +34,10 @@ from service.settings import Settings
 
 OPENAI_NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "num_beams": "best_of"}
 MAX_STOP = 4
+DEFAULT_BEAMS = 4
+"""``use_beam_search`` without ``best_of``: this many beams (at least ``n``, within the limits)."""
+DEFAULT_MAX_TOKENS = 16
+"""OpenAI's ``max_tokens`` when a request leaves it out."""
 
 
 @dataclass
@@ -94,13 +98,17 @@ def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, set
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
     if len(stop) > MAX_STOP or any(not s for s in stop):
         raise APIError(422, f"stop takes up to {MAX_STOP} non-empty strings", param="stop", code="invalid_stop")
-    max_tokens = settings.max_new_tokens if body.max_tokens is None else body.max_tokens
+    if "max_tokens" not in body.model_fields_set:  # OpenAI's default, within this server's limit
+        max_tokens = min(DEFAULT_MAX_TOKENS, settings.max_new_tokens)
+    else:
+        max_tokens = settings.max_new_tokens if body.max_tokens is None else body.max_tokens
     temperature = 1.0 if body.temperature is None else body.temperature
     greedy = temperature == 0 and not body.use_beam_search
     options: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": (*extra_stop, *stop), "logit_bias": logit_bias(body.logit_bias),
                                "top_logprobs": logprobs or 0}
     if body.use_beam_search:
-        options.update(strategy="beam", num_beams=body.best_of or max(n, 4), num_return_sequences=n,
+        width = max(n, min(DEFAULT_BEAMS, settings.max_num_beams, settings.max_batch_rows))
+        options.update(strategy="beam", num_beams=body.best_of or width, num_return_sequences=n,
                        length_penalty=body.length_penalty, early_stopping=body.early_stopping)
     elif greedy:
         options["strategy"] = "greedy"

@@ -70,7 +70,7 @@ def check_decoding_limits(
     names = names or {}
     check_limit(params.get("max_new_tokens", 0), settings.max_new_tokens,
                 names.get("max_new_tokens", "max_new_tokens"), "max_new_tokens")
-    if params.get("strategy") == "beam":
+    if "num_beams" in params:  # bounded whatever the strategy, as the schema says
         check_limit(params.get("num_beams", 1), settings.max_num_beams, names.get("num_beams", "num_beams"),
                     "max_num_beams")
     check_limit(params.get("num_return_sequences", 1), settings.max_return_sequences,
@@ -93,9 +93,9 @@ def logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     id is a 422 naming the field (the values are checked by the engine)."""
     pairs = []
     for key, value in (bias or {}).items():
-        if not (key.isascii() and key.isdecimal()):
-            raise APIError(422, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias",
-                           code="invalid_parameter")
+        if not (key.isascii() and key.isdecimal()) or str(int(key)) != key:
+            raise APIError(422, f"logit_bias keys must be token ids (decimal, no leading zeros), got {key!r}",
+                           param="logit_bias", code="invalid_parameter")
         pairs.append((int(key), value))
     return tuple(pairs)
 

@@ -59,7 +59,8 @@ def params(draw) -> GenerationParams:  # noqa: ANN001
     return GenerationParams(
         strategy=strategy,
         max_new_tokens=draw(st.integers(0, 14)),
-        temperature=draw(st.one_of(st.floats(0.0, 3.0), st.sampled_from([0.0, 1e-39, 1e-46, 1e-300, 50.0]))),
+        temperature=draw(st.one_of(st.floats(0.0, 3.0),
+                                   st.sampled_from([0.0, 1e-39, 1e-46, 1e-300, 50.0, 3.5e38, 1e39, 2e307, 1.7e308]))),
         top_k=draw(st.integers(0, 12)),
         top_p=draw(st.one_of(st.floats(1e-6, 1.0), st.sampled_from([1.0, 1e-46, 1e-300, 0.5]))),
         min_p=draw(st.one_of(st.floats(0.0, 0.999), st.just(0.0))),
@@ -157,6 +158,9 @@ def test_the_text_start_is_never_banned_or_penalised():
 @pytest.mark.parametrize("options", [
     dict(strategy="sample", temperature=1e-39),
     dict(strategy="sample", temperature=1e-46),
+    # found by the schema fuzzer: 2e307 rounds to inf in float32, and a banned -inf / inf is NaN
+    dict(strategy="sample", temperature=2.1e307, min_p=0.63, top_k=48, no_repeat_ngram_size=2),
+    dict(strategy="sample", temperature=1.7e308, repetition_penalty=3.6e307),
     dict(strategy="sample", top_p=1e-46),
     dict(strategy="sample", repetition_penalty=1e-50),
     dict(strategy="greedy", repetition_penalty=1e300),

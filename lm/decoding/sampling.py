@@ -37,6 +37,9 @@ above or below every other, and a float32 logit divided or multiplied stays fini
 MIN_TEMPERATURE = torch.finfo(torch.float32).tiny
 """A positive temperature below float32's smallest normal number acts as this one (greedy in
 all but ties) instead of rounding to 0 and dividing by it."""
+MAX_TEMPERATURE = 1e30
+"""A larger temperature acts as this one (uniform over the candidates): in float32 it would round
+to infinity, and a banned token's -inf divided by it is NaN."""
 
 
 def sanitize(logits: Tensor) -> Tensor:
@@ -146,7 +149,7 @@ class RowSampler:
             # Greedy rows in a mixed batch get neutral settings; their draw is replaced by argmax.
             sampled = [p for p, s in zip(params, self.sampled, strict=True) if s]
             self.is_sampled = torch.tensor(self.sampled, device=device)
-            self.temperature = col([max(p.temperature, MIN_TEMPERATURE) if s else 1.0
+            self.temperature = col([min(max(p.temperature, MIN_TEMPERATURE), MAX_TEMPERATURE) if s else 1.0
                                     for p, s in zip(params, self.sampled, strict=True)])
             self.any_temperature = any(p.temperature != 1.0 for p in sampled)
             self.top_k = col([p.top_k if s else 0 for p, s in zip(params, self.sampled, strict=True)])

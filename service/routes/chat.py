@@ -24,7 +24,7 @@ from service.chat import render
 from service.completion_plan import Plan
 from service.deps import RegistryDep, SettingsDep, request_id, resolve_model
 from service.errors import ERROR_RESPONSES
-from service.generation import event_stream, now, sse, sse_content
+from service.generation import check_limit, event_stream, now, sse, sse_content
 from service.routes.completions import (
     CompletionJob,
     answer,
@@ -47,8 +47,11 @@ from service.settings import Settings
 
 router = APIRouter(tags=["chat"])
 
-def completion_request(body: ChatRequest, prompt: str) -> CompletionRequest:
-    """The completions request a chat request stands for, with ``prompt`` its rendered messages."""
+def completion_request(body: ChatRequest, prompt: str, settings: Settings) -> CompletionRequest:
+    """The completions request a chat request stands for, with ``prompt`` its rendered messages.
+    ``max_completion_tokens`` wins over ``max_tokens``; both are held to the limit."""
+    if body.max_completion_tokens is not None and body.max_tokens is not None:
+        check_limit(body.max_tokens, settings.max_new_tokens, "max_tokens", "max_new_tokens")
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     return CompletionRequest(
         model=body.model, prompt=prompt, max_tokens=max_tokens, temperature=body.temperature,
@@ -63,7 +66,7 @@ async def chat_job(body: ChatRequest, request: Request, registry: RegistryDep,
     """Plan and queue as ``/v1/completions`` does; errors about the prompt name ``messages``."""
     template = resolve_model(registry, body.model, settings).pipeline.chat_template
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    async with queued(completion_request(body, render(body.messages, template)), request, registry, settings,
+    async with queued(completion_request(body, render(body.messages, template), settings), request, registry, settings,
                       field="messages", logprobs=logprobs, extra_stop=template.stop) as job:
         yield job
 

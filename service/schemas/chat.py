@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from service.schemas.common import INT32, INT63, ModelName, RequestBody, Usage
+from service.schemas.common import INT32, MAX_SEED, ModelName, RequestBody, Usage
 from service.schemas.completions import StreamOptions
 from service.schemas.generate import LogitBias
 
@@ -32,7 +32,7 @@ class ChatRequest(RequestBody):
     top_p: float | None = Field(1.0, ge=0, le=1)
     n: int | None = Field(1, ge=1, le=INT32)
     stop: str | list[str] | None = Field(None, description="up to 4 stop strings, beside the template's own")
-    seed: int | None = Field(None, ge=0, le=INT63)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     logprobs: bool | None = Field(False, description="return each token's log-probability")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="with logprobs: the most likely tokens at each "
                                                                     "position, up to 20")

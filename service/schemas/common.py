@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 INT32 = 2**31 - 1
-INT63 = 2**63 - 1
+MAX_SEED = 2**53 - 1
+"""The largest seed: JSON's largest exact integer (a JSON Schema maximum of 2^63 - 1 reads as a
+float, 2^63, and admits seeds above it)."""
 
 ModelName = Annotated[
     str | None,
@@ -22,9 +24,35 @@ ModelName = Annotated[
 
 
 class RequestBody(BaseModel):
-    """Strict: unknown fields, wrong types and non-finite numbers are 422s naming the field."""
+    """Strict: unknown fields, wrong types and non-finite numbers are 422s naming the field --
+    except that a number with no fractional part (``1.0``) is an integer, as JSON Schema says."""
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data: Any) -> Any:  # noqa: ANN401 -- whatever JSON the client sent
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            info = cls.model_fields.get(name)
+            if info is not None and not _mentions_float(info.annotation):
+                out[name] = _integral(value)
+        return out
+
+
+def _mentions_float(annotation: Any) -> bool:  # noqa: ANN401
+    return annotation is float or any(_mentions_float(a) for a in get_args(annotation))
+
+
+def _integral(value: Any) -> Any:  # noqa: ANN401
+    """``1.0`` -> ``1``, in lists too (token ids); anything else as it is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 class Usage(BaseModel):

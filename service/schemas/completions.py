@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from service.schemas.common import INT32, INT63, ModelName, RequestBody, Usage
+from service.schemas.common import INT32, MAX_SEED, ModelName, RequestBody, Usage
 from service.schemas.generate import LogitBias
 
 Prompt = str | list[str] | list[int] | list[list[int]]
@@ -24,13 +24,14 @@ class StreamOptions(RequestBody):
 class CompletionRequest(RequestBody):
     model: ModelName
     prompt: Prompt = Field(description="a string, a list of strings, or token ids (a list, or a list of lists)")
-    max_tokens: int | None = Field(16, ge=0, le=INT32, description="tokens to generate (null: the server's limit)")
+    max_tokens: int | None = Field(16, ge=0, le=INT32, description="tokens to generate (null: the server's limit; "
+                                                                  "left out: 16, or the limit if lower)")
     temperature: float | None = Field(1.0, ge=0, le=2, description="0 decodes greedily")
     top_p: float | None = Field(1.0, ge=0, le=1)
     n: int | None = Field(1, ge=1, le=INT32, description="completions per prompt")
     best_of: int | None = Field(None, ge=1, le=INT32, description="equal to n, or with use_beam_search the beam width")
     stop: str | list[str] | None = Field(None, description="up to 4 stop strings")
-    seed: int | None = Field(None, ge=0, le=INT63)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     logprobs: int | None = Field(None, ge=0, le=5, description="return each token's log-probability and, in "
                                  "top_logprobs, the k most likely tokens at its position (and the chosen one)")
     echo: bool | None = Field(False, description="prepend the prompt to the completion")
@@ -41,7 +42,7 @@ class CompletionRequest(RequestBody):
     user: str | None = Field(None, max_length=256, description="ignored")
     logit_bias: LogitBias = None
     use_beam_search: bool = Field(False, description="lmforge extension (as vLLM's): beam search with best_of beams "
-                                                     "(default max(n, 4)), the n best returned, best first")
+                                                     "(default max(n, 4), 4 kept within the server's max_num_beams), the n best returned, best first")
     length_penalty: float = Field(1.0, description="with use_beam_search: score / length**length_penalty")
     early_stopping: bool = Field(True, description="with use_beam_search: stop once enough beams are finished")
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from lm.decoding.params import GenerationParams
-from service.schemas.common import INT32, INT63, ModelName, RequestBody, Usage
+from service.schemas.common import INT32, MAX_SEED, ModelName, RequestBody, Usage
 
 _D: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(GenerationParams)}
 """Defaults come from the engine so the documented defaults can never drift from the real ones."""
@@ -37,7 +37,7 @@ class DecodingOptions(RequestBody):
     top_p: float = Field(_D["top_p"], ge=0, le=1, description="sample: nucleus probability mass")
     min_p: float = Field(_D["min_p"], ge=0, le=1, description="sample: drop tokens below min_p x the top probability")
     repetition_penalty: float = Field(_D["repetition_penalty"], gt=0, description="divide logits of seen tokens")
-    seed: int | None = Field(_D["seed"], ge=0, le=INT63, description="sample: per-request seed for reproducibility")
+    seed: int | None = Field(_D["seed"], ge=0, le=MAX_SEED, description="sample: per-request seed for reproducibility")
     num_beams: int = Field(_D["num_beams"], ge=1, le=INT32, description="beam: beam width")
     length_penalty: float = Field(_D["length_penalty"], description="beam: score / length**length_penalty")
     early_stopping: bool = Field(_D["early_stopping"], description="beam: stop once enough beams are finished")
