@@ -75,6 +75,9 @@ class TrainConfig:
     """Optimisation, schedule, precision, evaluation and checkpointing."""
 
     out_dir: str = "runs/default"
+    init_from: str = ""
+    """A checkpoint (or run directory) to fine-tune: its weights, architecture and tokenizer,
+    with a fresh optimizer and schedule (``lm.training.finetune``). Empty: a model from scratch."""
     seed: int = 1337
     device: str = "auto"
     batch_size: int = 32
@@ -111,6 +114,9 @@ class TrainConfig:
     """Save the resumable checkpoint every N steps (0 = at each evaluation)."""
     log_every: int = 10
     progress: bool = True
+    samples: bool = True
+    """At each evaluation, write a greedy and a seeded sample from a fixed prompt to the log and
+    to metrics.jsonl (``lm.training.samples``)."""
     on_nan: str = "stop"
     """``stop`` the run at a non-finite loss, or ``skip`` the step (counted)."""
     threads: int = 0

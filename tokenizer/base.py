@@ -48,6 +48,11 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int]) -> str:
         """Text for ``ids``; raises ``TokenizerError`` for an id outside the vocabulary."""
 
+    def fallback_ids(self) -> tuple[int, ...]:
+        """The ids that spell what the vocabulary has no piece for (``<unk>``; the byte tokens
+        where there is byte fallback): how much of a text fell back is the share of these."""
+        return (self.unk_id,)
+
     def token_bytes(self, token_id: int) -> bytes:
         """The UTF-8 bytes token ``token_id`` stands for (a byte token's one byte, which alone
         is no text); by default its decoded text's."""

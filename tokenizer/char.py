@@ -125,6 +125,11 @@ class CharTokenizer(Tokenizer):
         pieces = self._pieces
         return b"".join([pieces[i] for i in ids]).decode("utf-8", "replace")
 
+    def fallback_ids(self) -> tuple[int, ...]:
+        if not self.byte_fallback:
+            return (self.unk_id,)
+        return (self.unk_id, *range(BYTE_OFFSET, BYTE_OFFSET + NUM_BYTES))
+
     def token_bytes(self, token_id: int) -> bytes:
         check_ids([token_id], self._vocab_size)
         return self._pieces[token_id]

@@ -144,6 +144,9 @@ class SentencePieceTokenizer(Tokenizer):
         check_ids(ids, self._vocab_size)
         return self._sp.decode(ids if isinstance(ids, list) else [int(i) for i in ids])
 
+    def fallback_ids(self) -> tuple[int, ...]:
+        return (self.unk_id, *(i for i in range(self._vocab_size) if self._sp.is_byte(i)))
+
     def token_bytes(self, token_id: int) -> bytes:
         check_ids([token_id], self._vocab_size)
         if self._sp.is_byte(token_id):

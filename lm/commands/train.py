@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -21,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML run config (e.g. configs/shakespeare-char.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="fine-tune: start from this checkpoint's (or run's best) weights and tokenizer on the "
+                        "config's data, with a fresh optimizer and schedule (train.init_from)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run exactly where it stopped (model, optimizer, schedule, RNG, data position)")
     p.set_defaults(func=run)
@@ -35,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from lm.training.trainer import TrainingError, load_run_dir_config, train
 
     if args.resume:
+        if args.init_from:
+            raise ConfigError("--init-from starts a new run from a checkpoint; --resume continues a run: give one")
         if args.config:
             raise ConfigError(f"--resume continues {args.resume} with the config it was started with "
                               f"(its {RUN_CONFIG_FILE}); --config cannot change it. Leave out --config, "
@@ -53,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
             config = replace(config, train=replace(config.train, out_dir=args.resume))
     elif args.config:
-        config = load_run_config(args.config, args.overrides)
+        init = [f"train.init_from={json.dumps(args.init_from)}"] if args.init_from else []
+        config = load_run_config(args.config, [*args.overrides, *init])
     else:
         raise ConfigError("give --config FILE to start a run or --resume RUN_DIR to continue one")
     try:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lm.config import DataConfig, RunConfig
+from lm.config import DataConfig, RunConfig, TrainConfig
+from lm.training.errors import TrainingError
 from tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from tokenizer.io import atomic_writer
 
@@ -273,3 +274,15 @@ def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int) -> Sequentia
     """Validation/test batches: the whole stream once, in order, as contiguous rows."""
     B = max(1, min(batch_size, (len(tokens) - 1) // 2))
     return SequentialBatches(tokens, B, seq_len, seed=0, random_offset=False)
+
+
+def make_batches(tokens: np.ndarray, batching: str, cfg: TrainConfig, *, is_rnn: bool, max_context: int | None,
+                 dist: Any) -> tuple[bool, RandomBatches | SequentialBatches]:  # noqa: ANN401 -- a DistInfo
+    """The run's batches: sequential (state carried across batches) for ``batching =
+    "sequential"``, or ``"auto"`` with an RNN; else random windows. Returns whether they are
+    sequential, and them."""
+    sequential = batching == "sequential" or (batching == "auto" and is_rnn)
+    if max_context is not None and cfg.seq_len > max_context:
+        raise TrainingError(f"train.seq_len ({cfg.seq_len}) exceeds the model's block_size ({max_context})")
+    kind = SequentialBatches if sequential else RandomBatches
+    return sequential, kind(tokens, cfg.batch_size, cfg.seq_len, cfg.seed, rank=dist.rank, world_size=dist.world_size)

@@ -38,10 +38,10 @@ from lm.example import from_stream
 from lm.losses import mean_nll
 from lm.models import RNNLM, RNNState, build_model
 from lm.threads import ThreadGovernor
+from lm.training import finetune
 from lm.training.data import (
-    RandomBatches,
-    SequentialBatches,
     load_splits,
+    make_batches,
     prepare_tokenizer,
     resolve_corpus,
 )
@@ -79,6 +79,7 @@ from lm.training.rundir import (
     run_to_dict,
     write_loss_plot,
 )
+from lm.training.samples import write_samples
 from lm.training.stopflag import StopFlag
 from lm.training.trainstate import TrainProgress, TrainResult
 from tokenizer import load_tokenizer
@@ -91,6 +92,9 @@ class Trainer:
     """One training run; ``fit()`` trains until max_steps, max_time, patience or a signal."""
 
     def __init__(self, run: RunConfig, *, resume: bool = False) -> None:
+        self.init_from, self.fallback = None, None  # fine-tuning: the source checkpoint, the corpus share it lacked
+        if run.train.init_from and not resume:
+            run, self.init_from = finetune.resolve(run)
         self.run = run
         self.cfg: TrainConfig = run.train
         self.run_dir = Path(self.cfg.out_dir)
@@ -129,21 +133,16 @@ class Trainer:
             is_main=self.dist.is_main, barrier=self._barrier,
         )
         self.example = from_stream(self.tokenizer, self.valid_tokens)  # the playground's first prompt
+        if self.init_from is not None and self.dist.is_main:
+            self.fallback = finetune.report_fallback(self.tokenizer, self.train_tokens)
 
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.model_config).to(self.device)
+        if self.init_from is not None:
+            finetune.start(self.model, self.init_from)
         self.is_rnn = isinstance(self.model, RNNLM)
-        batching = run.data.batching
-        if batching == "auto":
-            batching = "sequential" if self.is_rnn else "random"
-        self.sequential = batching == "sequential"
-        seq_len = self.cfg.seq_len
-        max_ctx = self.model_config.max_context
-        if max_ctx is not None and seq_len > max_ctx:
-            raise TrainingError(f"train.seq_len ({seq_len}) exceeds the model's block_size ({max_ctx})")
-        Batches = SequentialBatches if self.sequential else RandomBatches
-        self.batches = Batches(self.train_tokens, self.cfg.batch_size, seq_len, self.cfg.seed,
-                               rank=self.dist.rank, world_size=self.dist.world_size)
+        self.sequential, self.batches = make_batches(self.train_tokens, run.data.batching, self.cfg, is_rnn=self.is_rnn,
+                                                     max_context=self.model_config.max_context, dist=self.dist)
         self.sharded, self.train_model = wrap_for_training(self.model, self.cfg.fsdp, self.precision,
                                                            self.dist, self.device)
         self.optimizer = build_optimizer(self.model, self.cfg, fused=not self.sharded)
@@ -254,15 +253,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- checkpoints
     def _training_meta(self) -> dict[str, Any]:
-        return {
-            "step": self.progress.step,
-            "tokens_seen": self.progress.tokens_seen,
-            "elapsed_s": round(self.progress.elapsed, 2),
-            "best_val_loss": self.progress.best_val,
-            "val_loss": self.progress.last_val,
-            "precision": self.precision,
-            "run": run_to_dict(self.run),
-        }
+        extra = {} if self.fallback is None else {"fallback_fraction": round(self.fallback, 6)}
+        return self.progress.meta(precision=self.precision, run=run_to_dict(self.run), **extra)
 
     def save(self) -> Path | None:
         """Write a resumable checkpoint, repoint ``latest``, and drop older step checkpoints.
@@ -383,9 +375,13 @@ class Trainer:
             self.progress.evals_since_best += 1
             if self.cfg.schedule == "plateau" and self.progress.step >= self.cfg.warmup_steps:
                 self.progress.plateau_scale /= self.cfg.plateau_factor
-        record({"step": self.progress.step, "val_loss": round(val, 5), "val_ppl": round(math.exp(min(val, 50)), 3),
-                "best_val_loss": round(self.progress.best_val, 5), "eval_s": round(time.perf_counter() - t0, 2)})
+        rec = {"step": self.progress.step, "val_loss": round(val, 5), "val_ppl": round(math.exp(min(val, 50)), 3),
+               "best_val_loss": round(self.progress.best_val, 5), "eval_s": round(time.perf_counter() - t0, 2)}
         log.info("step %d: val loss %.4f (ppl %.2f)%s", self.progress.step, val, math.exp(min(val, 50)), " *" if improved else "")
+        if self.cfg.samples and self.dist.is_main and not self.sharded:  # a sharded model decodes only collectively
+            rec |= write_samples(self.model, self.tokenizer, self.context, self.example.prompt, self.device)
+            log.info("step %d sample: %r", self.progress.step, rec["sample_prompt"] + rec["sample"])
+        record(rec)
         return bool(self.cfg.patience and self.progress.evals_since_best >= self.cfg.patience)
 
 

@@ -35,6 +35,11 @@ class TrainProgress:
         done = self.step / max_steps
         return max(done, self.elapsed / max_time) if max_time else done
 
+    def meta(self, **extra: Any) -> dict[str, Any]:
+        """What a checkpoint's ``training`` block records of the run so far, with ``extra``."""
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": round(self.elapsed, 2),
+                "best_val_loss": self.best_val, "val_loss": self.last_val, **extra}
+
     def finished(self, max_steps: int, max_time: float) -> bool:
         return self.step >= max_steps or bool(max_time and self.elapsed >= max_time)
 

@@ -5,7 +5,10 @@ and scoring routes use (``add_special_tokens`` adds the text start the model rea
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from lm.decoding.params import ParamError
 from service.deps import RegistryDep, SettingsDep, resolve_model
@@ -48,10 +51,18 @@ async def detokenize(body: DetokenizeRequest, registry: RegistryDep, settings: S
         raise APIError(422, f"tokens: {exc}", param="tokens", code="invalid_value") from None
 
 
+class TokenizerInfoQuery(BaseModel):
+    """``GET /tokenizer_info``'s query: a parameter it does not know is a 422, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, max_length=256, description="a name from GET /v1/models")
+
+
 @router.get("/tokenizer_info", response_model=TokenizerInfo, responses=ERROR_RESPONSES)
-async def tokenizer_info(registry: RegistryDep, settings: SettingsDep, model: str | None = None) -> TokenizerInfo:
+async def tokenizer_info(registry: RegistryDep, settings: SettingsDep,
+                         query: Annotated[TokenizerInfoQuery, Query()]) -> TokenizerInfo:
     """The tokenizer's kind, size and special tokens (``?model=`` when several are loaded)."""
-    served = resolve_model(registry, model, settings)
+    served = resolve_model(registry, query.model, settings)
     tok = served.pipeline.tokenizer
     ids = {"pad": tok.pad_id, "unk": tok.unk_id, "bos": tok.bos_id, "eos": tok.eos_id}
     specials = {f"{name}_token": SPECIAL_PIECES[i] for name, i in ids.items()}
