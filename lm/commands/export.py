@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="run directory (its best/ is used) or checkpoint directory")
     p.add_argument("dest", help="destination checkpoint directory (replaced atomically)")
     p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp32", help="weight precision on disk")
+    p.add_argument("--format", choices=("lmforge", "hf"), default="lmforge",
+                   help="hf: a transformers checkpoint (AutoModelForCausalLM loads it; Transformers only: "
+                        "RoPE models as GPT-NeoX, learned positions as GPT-2), weights and config")
     p.add_argument("--chat-template", metavar="FILE",
                    help="a Jinja chat template (transformers' convention: messages, add_generation_prompt) "
                         "for /v1/chat/completions; 'default' for the User:/Assistant: transcript (default: "
@@ -63,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     src = resolve_checkpoint_dir(args.source)
     _, meta = read_config(src)
+    if args.format == "hf":
+        return export_transformers(src, args)
     try:
         template = chat_template(args, src)
     except FileNotFoundError:
@@ -82,3 +88,19 @@ def run(args: argparse.Namespace) -> int:
 def _error(message: str) -> int:
     print(f"lmforge export: error: {message}", file=sys.stderr)
     return 2
+
+
+def export_transformers(src: Path, args: argparse.Namespace) -> int:
+    """``--format hf``: the model's weights and config as transformers reads them (fp32)."""
+    from lm.checkpoint import load_checkpoint
+    from lm.hf_export import ExportError, export_hf
+
+    if args.dtype != "fp32" or args.chat_template or args.chat_stop:
+        return _error("--format hf writes fp32 weights and the model only (no --dtype, --chat-template)")
+    model, _, _ = load_checkpoint(src, device="cpu")
+    try:
+        out = export_hf(model, args.dest)
+    except ExportError as exc:
+        return _error(str(exc))
+    print(f"exported {src} -> {out} (transformers: {json.loads((out / 'config.json').read_text())['architectures'][0]})")
+    return 0
