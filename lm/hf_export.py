@@ -15,19 +15,24 @@ a stock family whose math is the same, weight for weight:
 A model trained without biases gets zero biases where the stock family has them (GPT-2's
 layers, NeoX's MLP and LayerNorms): adding zero changes nothing. Dropout is off (inference).
 Nothing of transformers is imported: the files are plain JSON and safetensors. RNN families have
-no stock counterpart and are refused. The tokenizer is not written here (the model's token ids
-are lmforge's own; see ``lmforge tokenize``).
+no stock counterpart and are refused. The tokenizer goes with it where ``tokenizer.hf`` can write
+its kind (``tokenizer.json``, the same ids); the others export the model alone, and say so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from lm.models import TransformerConfig
+from tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerError
+from tokenizer import hf as hf_tokenizer
+
+log = logging.getLogger(__name__)
 
 HF_LAYER_NORM_EPS = 1e-5
 """torch's LayerNorm default, which lmforge's blocks use."""
@@ -39,8 +44,8 @@ class ExportError(ValueError):
 
 def hf_config(cfg: TransformerConfig) -> dict:
     """The transformers ``config.json`` for ``cfg``."""
-    common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_weights, "bos_token_id": None,
-              "eos_token_id": None, "torch_dtype": "float32"}
+    common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_weights, "bos_token_id": BOS_ID,
+              "eos_token_id": EOS_ID, "pad_token_id": PAD_ID, "torch_dtype": "float32"}
     if cfg.pos_emb == "learned":
         return {**common, "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": cfg.block_size,
                 "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
@@ -116,8 +121,9 @@ def _per_head(fused: torch.Tensor, heads: int) -> torch.Tensor:
     return fused.reshape(3, heads, dim, *fused.shape[1:]).transpose(0, 1).reshape(fused.shape)
 
 
-def export_hf(model: torch.nn.Module, directory: str | Path) -> Path:
-    """Write ``model`` (an lmforge Transformer) as a transformers checkpoint into ``directory``."""
+def export_hf(model: torch.nn.Module, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+    """Write ``model`` (an lmforge Transformer) as a transformers checkpoint into ``directory``,
+    with ``tokenizer`` as ``tokenizer.json`` when its kind can be written (else a warning)."""
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, TransformerConfig):
         family = getattr(cfg, "family", type(model).__name__)
@@ -127,4 +133,9 @@ def export_hf(model: torch.nn.Module, directory: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(hf_config(cfg), indent=2) + "\n", encoding="utf-8")
     save_file(hf_state_dict(model.state_dict(), cfg), str(out / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        try:
+            hf_tokenizer.write(tokenizer, out, model_max_length=cfg.block_size)
+        except TokenizerError as exc:
+            log.warning("%s", exc)
     return out

@@ -216,3 +216,36 @@ def test_each_sampling_transform_draws_from_transformers_distribution(options: d
     assert (drawn - want.double()).abs().max() <= 2.0 / N
     if options == {"top_k": 1}:
         assert int(drawn.argmax()) == int(logits.argmax()) and drawn.max() == 1.0
+
+
+@pytest.mark.parametrize("unk_policy", ["byte_fallback", "unk"])
+def test_an_exported_char_tokenizer_gives_the_same_ids_through_autotokenizer(unk_policy: str, tmp_path: Path) -> None:
+    tok = CharTokenizer(list("abcdefghij .,\n<>"), unk_policy=unk_policy)
+    model = build_model(TransformerConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    export_hf(model, tmp_path, tok)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for text in ["abc def", "a\nb, <eos> j", "héllo wörld €\n", "<0x41>", "  \n\n", "", "\U0001f600 emoji"]:
+        ids = tok.encode(text)
+        assert hf.encode(text, add_special_tokens=False) == ids, text
+        if unk_policy == "byte_fallback":  # lossless: the text comes back (an <unk> reads differently)
+            assert hf.decode(ids) == tok.decode(ids) == text
+    assert (hf.eos_token_id, hf.pad_token_id, hf.unk_token_id) == (tok.eos_id, tok.pad_id, tok.unk_id)
+
+
+def test_the_shipped_char_model_continues_the_same_in_transformers(tmp_path: Path) -> None:
+    """``lmforge export checkpoints/shakespeare-char --format hf``: transformers' greedy
+    continuation of a prompt, through its own tokenizer, is ``lmforge generate``'s."""
+    from lm.pipeline import Pipeline
+
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-char"
+    assert main(["export", str(shipped), str(tmp_path / "hf"), "--format", "hf"]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    pipe = Pipeline.from_checkpoint(shipped, device="cpu")
+    prompt = "ROMEO:\nBut soft, what light"
+    [[ours]] = pipe.generate([prompt], GenerationParams(max_new_tokens=80, stop_at_eos=False))
+    start = list(pipe.context.start)  # the text start lmforge reads before every prompt ("\n")
+    ids = torch.tensor([start + hf_tok.encode(prompt, add_special_tokens=False)])
+    out = hf.generate(ids, max_new_tokens=80, min_new_tokens=80, do_sample=False)
+    assert hf_tok.decode(out[0, ids.shape[1]:]) == ours.text
+    assert len(ours.text) > 40 and ours.text.strip()

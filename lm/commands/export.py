@@ -97,9 +97,9 @@ def export_transformers(src: Path, args: argparse.Namespace) -> int:
 
     if args.dtype != "fp32" or args.chat_template or args.chat_stop:
         return _error("--format hf writes fp32 weights and the model only (no --dtype, --chat-template)")
-    model, _, _ = load_checkpoint(src, device="cpu")
+    model, tok, _ = load_checkpoint(src, device="cpu")
     try:
-        out = export_hf(model, args.dest)
+        out = export_hf(model, args.dest, tok)
     except ExportError as exc:
         return _error(str(exc))
     print(f"exported {src} -> {out} (transformers: {json.loads((out / 'config.json').read_text())['architectures'][0]})")
