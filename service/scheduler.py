@@ -12,111 +12,46 @@ Scoring (``/v1/perplexity``, ``echo`` with ``logprobs``) runs on the same thread
 ``max_queue`` bound: a ``ScoreJob`` advances one bounded forward per loop turn, between decode
 steps, so a long text neither stalls generation nor outlives its client or its timeout (a
 cancelled job stops at its next forward). A scoring job that raises fails only its own request.
+
+A decode step that raises cannot say whose row broke it, so no request is failed for it on
+suspicion: each request of that batch goes on alone in a session of its own (the quarantine),
+replayed from its start -- every sampled request is seeded at submission, so a replay repeats
+exactly what its client already has, and that part is skipped -- and only a request whose own
+replay fails gets the error. The batch starts afresh for new requests meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import queue
+import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lm.decoding.engine import DecodeSession
-from lm.decoding.params import DoneEvent, FinishEvent, GenerationParams, TokenEvent
+from lm.decoding.params import DoneEvent, GenerationParams, TokenEvent
 from lm.score import ScoreJob
 from service.metrics import Metrics
+from service.tickets import (
+    Event,
+    GenerationFailed,
+    QueueFull,
+    SchedulerStopped,
+    ScoreTicket,
+    Submission,
+    Ticket,
+)
+
+__all__ = ["Event", "GenerationFailed", "QueueFull", "Scheduler", "SchedulerStopped", "Submission", "Ticket"]
 
 log = logging.getLogger(__name__)
 
-Event = TokenEvent | FinishEvent | DoneEvent
-
-
-class QueueFull(Exception):
-    """The model already holds ``max_queue`` requests; the client should retry later."""
-
-
-class SchedulerStopped(Exception):
-    """The server is shutting down (or the worker died); the request was not completed."""
-
-
-class GenerationFailed(Exception):
-    """The decode step raised; the message is logged server-side, not sent to the client."""
-
-
-@dataclass(eq=False)
-class Ticket:
-    """One prompt of a request, as the worker sees it."""
-
-    request_id: str
-    index: int
-    prompt_ids: list[int]
-    params: GenerationParams
-    submission: Submission
-
-    @property
-    def expected(self) -> int:
-        """The completions this prompt returns."""
-        return self.params.num_return_sequences
-
-
-@dataclass(eq=False)
-class ScoreTicket:
-    """A scoring request, as the worker sees it: its job and the future its result resolves."""
-
-    request_id: str
-    job: ScoreJob
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-
-
-class Submission:
-    """The prompts of one HTTP request in flight, and the queue their events arrive on.
-
-    Only the event loop reads ``queue``; only the worker fills it (``call_soon_threadsafe``).
-    """
-
-    def __init__(self, scheduler: Scheduler, loop: asyncio.AbstractEventLoop, *, stream: bool) -> None:
-        self.scheduler = scheduler
-        self.loop = loop
-        self.stream = stream
-        """Whether token events are wanted; without them the loop wakes once per sequence, not per token."""
-        self.queue: asyncio.Queue[tuple[int, list[Event] | BaseException]] = asyncio.Queue()
-        self.tickets: list[Ticket] = []
-        self._open: set[int] = set()
-
-    async def events(self, deadline: float | None = None) -> AsyncIterator[tuple[int, Event]]:
-        """``(prompt_index, event)`` in arrival order until every sequence has finished.
-
-        Raises ``TimeoutError`` once ``deadline`` (``loop.time()`` clock) passes, or the
-        exception the worker delivered for a prompt (the request then fails as a whole).
-        """
-        while self._open:
-            timeout = None if deadline is None else max(0.0, deadline - self.loop.time())
-            index, item = await asyncio.wait_for(self.queue.get(), timeout)
-            if isinstance(item, BaseException):
-                self._open.discard(index)
-                raise item
-            for event in item:
-                if isinstance(event, DoneEvent):
-                    self._open.discard(index)
-                else:
-                    yield index, event
-
-    def add(self, ticket: Ticket) -> None:
-        self.tickets.append(ticket)
-        self._open.add(ticket.index)
-
-    def cancel(self) -> None:
-        """Stop decoding whatever is unfinished (client gone, timeout, error). Idempotent."""
-        for ticket in self.tickets:
-            if ticket.index in self._open:
-                self._open.discard(ticket.index)
-                self.scheduler.cancel(ticket.request_id)
 
 
 def _put_all(items: list[tuple[Ticket, list[Event] | BaseException]]) -> None:
@@ -169,6 +104,9 @@ class Scheduler:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._quarantine: dict[str, DecodeSession | None] = {}
+        """Requests replaying alone after a step of their batch failed (worker thread only)."""
+        self._replaying: dict[str, Ticket] = {}
 
     # -- event-loop side -------------------------------------------------------------------
 
@@ -201,6 +139,8 @@ class Scheduler:
         self._reserve(len(requests))
         submission = Submission(self, asyncio.get_running_loop(), stream=stream)
         for i, (ids, params) in enumerate(requests):
+            if params.samples and params.seed is None:  # replayable (a quarantine), still random
+                params = dataclasses.replace(params, seed=random.getrandbits(53))
             ticket = Ticket(f"{request_id}/{i}/{next(self._ids)}", i, ids, params, submission)
             submission.add(ticket)
         for ticket in submission.tickets:
@@ -266,7 +206,7 @@ class Scheduler:
         stop = False
         while not stop:
             commands: list[object] = []
-            if not active and not scoring:
+            if not active and not scoring and not self._quarantine:
                 commands.append(self._inbox.get())  # idle: sleep until there is work
             while True:
                 try:
@@ -285,20 +225,23 @@ class Scheduler:
                         session.cancel(command.request_id)
                         self._release()
                         self.metrics.batch_rows.labels(self.name).set(session.rows)  # its rows left now
-                    elif scoring.pop(command.request_id, None) is not None:
+                    elif scoring.pop(command.request_id, None) is not None or \
+                            self._drop_quarantined(command.request_id):
                         self._release()
             if stop:
                 break
             if active:
                 session = self._step(session, active)
+            if self._quarantine:
+                self._step_quarantined()
             if scoring:
                 self._score_step(scoring)
         stopped = SchedulerStopped("the server is shutting down")
-        for ticket in active.values():
+        for ticket in [*active.values(), *self._replaying.values()]:
             self._deliver(ticket, stopped)
         for score in scoring.values():
             self._settle(score, stopped)
-        self._release(len(active) + len(scoring))
+        self._release(len(active) + len(scoring) + len(self._replaying))
         self.metrics.batch_rows.labels(self.name).set(0)
 
     @staticmethod
@@ -333,17 +276,66 @@ class Scheduler:
         active[ticket.request_id] = ticket
         self.metrics.prompt_tokens.labels(self.name).inc(len(ticket.prompt_ids))
 
+    def _fail(self, ticket: Ticket) -> None:
+        self._deliver(ticket, GenerationFailed("generation failed"))
+        self._release()
+
+    def _alone(self, ticket: Ticket) -> DecodeSession | None:
+        """A session of its own for ``ticket``, replaying it from its start (its parameters are
+        deterministic: the server seeds every sampled request); None if even that fails."""
+        session = self._session_factory(max(1, ticket.params.rows))
+        try:
+            session.add(ticket.request_id, ticket.prompt_ids, ticket.params)
+        except Exception:
+            log.exception("model %s: request %s failed to restart alone", self.name, ticket.request_id)
+            self._fail(ticket)
+            return None
+        self._replaying[ticket.request_id] = ticket
+        return session
+
+    def _step_quarantined(self) -> None:
+        """One step of each request replaying alone; a request whose own step fails fails alone,
+        the others deliver what their clients do not have yet."""
+        for request_id, session in list(self._quarantine.items()):
+            ticket = self._replaying.get(request_id)
+            if session is None or ticket is None:
+                self._quarantine.pop(request_id, None)
+                continue
+            try:
+                events = session.step()
+            except Exception:
+                log.exception("model %s: request %s fails alone too; failing it", self.name, request_id)
+                self._drop_quarantined(request_id)
+                self._fail(ticket)
+                continue
+            mine = [e for e in events if e.request_id == request_id]
+            if not ticket.submission.stream:
+                mine = [e for e in mine if not isinstance(e, TokenEvent)]
+            fresh = ticket.unsent(mine)
+            if fresh:
+                self._deliver(ticket, fresh)
+            if any(isinstance(e, DoneEvent) for e in mine):
+                self._drop_quarantined(request_id)
+                self._release()
+
+    def _drop_quarantined(self, request_id: str) -> bool:
+        self._replaying.pop(request_id, None)
+        return self._quarantine.pop(request_id, None) is not None
+
     def _step(self, session: DecodeSession, active: dict[str, Ticket]) -> DecodeSession:
         """One decode step for the whole batch; route each event to its request."""
         start = time.perf_counter()
         try:
             events = session.step()
         except Exception:
-            log.exception("decode step failed on model %s; failing %d request(s)", self.name, len(active))
-            failure = GenerationFailed("generation failed")
-            for ticket in active.values():
-                self._deliver(ticket, failure)
-            self._release(len(active))
+            if len(active) == 1:  # it was this request's own
+                log.exception("decode step failed on model %s; failing its one request", self.name)
+                self._fail(next(iter(active.values())))
+            else:  # someone's: each request goes on alone, replayed, and only a failing one fails
+                log.exception("decode step failed on model %s; replaying its %d requests one by one",
+                              self.name, len(active))
+                for ticket in active.values():
+                    self._quarantine[ticket.request_id] = self._alone(ticket)
             active.clear()
             return self._session_factory(self.max_batch_rows)
         self.metrics.step_seconds.labels(self.name).observe(time.perf_counter() - start)
@@ -367,6 +359,7 @@ class Scheduler:
             if not ticket.submission.stream:
                 batch = [e for e in batch if not isinstance(e, TokenEvent)]
             if batch:
+                ticket.record(batch)
                 deliveries.append((ticket, batch))
         for request_id in finished:
             del active[request_id]
