@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ class ChatTemplate:
         env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, autoescape=False)
         env.globals["raise_exception"] = _raise
         env.globals["range"] = _budgeted_range
+        env.globals.pop("lipsum", None)  # builds text of any size
+        for name in WIDTH_FILTERS:  # a width or count of any size builds a string of that size
+            env.filters[name] = _bounded_filter(env.filters[name])
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         try:
             return env.from_string(self.template)
@@ -96,7 +100,8 @@ class ChatTemplate:
         try:
             text = self._compiled.render(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
                                          bos_token=self.bos_token, eos_token=self.eos_token)
-        except (jinja2.TemplateError, SecurityError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
+        except (jinja2.TemplateError, SecurityError, TypeError, ValueError, ArithmeticError, LookupError,
+                MemoryError, RecursionError) as exc:
             raise ChatTemplateError(f"the chat template failed on these messages: {exc}") from None
         finally:
             _RANGE_BUDGET.reset(token)
@@ -105,19 +110,30 @@ class ChatTemplate:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"template": self.template, "stop": list(self.stop)}
+        out: dict[str, Any] = {"template": self.template, "stop": list(self.stop)}
+        return out | {k: v for k, v in (("bos_token", self.bos_token), ("eos_token", self.eos_token)) if v}
 
     @classmethod
     def from_dict(cls, data: object) -> ChatTemplate:
         """The ``chat_template`` a ``config.json`` holds; a wrong shape is a ``ChatTemplateError``."""
-        if not isinstance(data, dict) or set(data) - {"template", "stop"} or "template" not in data:
-            raise ChatTemplateError(f'chat_template must be {{"template": str, "stop": [str, ...]}}, got {data!r}')
-        return cls(data["template"], tuple(data.get("stop", DEFAULT_STOP)))
+        keys = {"template", "stop", "bos_token", "eos_token"}
+        if (not isinstance(data, dict) or set(data) - keys or "template" not in data
+                or not all(isinstance(data.get(k, ""), str) for k in ("bos_token", "eos_token"))):
+            raise ChatTemplateError(f'chat_template must be {{"template": str, "stop": [str, ...]}} (and optional '
+                                    f'"bos_token"/"eos_token" strings), got {data!r}')
+        return cls(data["template"], tuple(data.get("stop", DEFAULT_STOP)), bos_token=data.get("bos_token", ""),
+                   eos_token=data.get("eos_token", ""))
 
     def check(self) -> None:
-        """Render a small conversation once: a template that fails on ordinary messages fails here."""
-        self.render([{"role": "system", "content": "S."}, {"role": "user", "content": "Hi."},
-                     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Again?"}])
+        """Render a small conversation: a template that fails on ordinary messages fails here.
+        Tried with and without a system message (published templates refuse one or require it);
+        an error only when both fail."""
+        turns = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
+                 {"role": "user", "content": "Again?"}]
+        try:
+            self.render(turns)
+        except ChatTemplateError:
+            self.render([{"role": "system", "content": "Be brief."}, *turns])
 
 
 def read_template(directory: Path, stored: object, config_file: str) -> ChatTemplate | None:
@@ -184,6 +200,30 @@ def _budgeted_range(*args: int) -> range:
     return items
 
 
+WIDTH_FILTERS = ("center", "indent", "wordwrap", "truncate", "format", "batch", "slice")
+_FORMAT_WIDTH = re.compile(r"\{[^}]*?(\d+)[^}]*\}")
+"""The numbers in a format string's fields (a width or precision among them)."""
+_PERCENT_WIDTH = re.compile(r"%[-+ #0]*(\d+)")
+
+
+def _check_sizes(args: tuple, kwargs: dict) -> None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_RENDERED_CHARS:
+            raise SecurityError(f"the template passed {value}, past the bound {MAX_RENDERED_CHARS}")
+
+
+def _bounded_filter(f: Any) -> Any:  # noqa: ANN401
+    """A filter whose size arguments are held to the bound."""
+    def bounded(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        _check_sizes(args[1:], kwargs)
+        return f(*args, **kwargs)
+
+    for attr in ("jinja_pass_arg",):  # keep Jinja's pass_context/pass_environment marks
+        if hasattr(f, attr):
+            setattr(bounded, attr, getattr(f, attr))
+    return bounded
+
+
 def _raise(message: str) -> None:
     raise jinja2.TemplateError(message)
 
@@ -192,9 +232,24 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, with ``*`` and ``**`` checked: repetition builds bounded
     values and powers stay small numbers."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401, N805
+        """Calls from the template (``'x'.center(10**9)``): no integer argument past the bound."""
+        _check_sizes(args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:  # noqa: ANN401
+        """``'{:>99999999}'.format``: no format field wider than the bound (checked on the
+        format string, before anything is built)."""
+        if isinstance(obj, str) and attribute in ("format", "format_map") and any(
+                int(w) > MAX_RENDERED_CHARS for w in _FORMAT_WIDTH.findall(obj)):
+            raise SecurityError("the template formats a field wider than the bound")
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:  # noqa: ANN401
+        if operator == "%" and isinstance(left, str) and any(int(w) > MAX_RENDERED_CHARS for w in _PERCENT_WIDTH.findall(left)):
+            raise SecurityError("the template formats a field wider than the bound")
         if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
             raise SecurityError("the template raised a number to a power over 64")
         if operator == "*":

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -130,12 +132,21 @@ def export_hf(model: torch.nn.Module, directory: str | Path, tokenizer: Tokenize
         raise ExportError(f"--format hf exports Transformers; a {family} model has no transformers counterpart "
                           "(export it in lmforge's own format)")
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(hf_config(cfg), indent=2) + "\n", encoding="utf-8")
-    save_file(hf_state_dict(model.state_dict(), cfg), str(out / "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer is not None:
-        try:
-            hf_tokenizer.write(tokenizer, out, model_max_length=cfg.block_size)
-        except TokenizerError as exc:
-            log.warning("%s", exc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # written whole, then put in place
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        (tmp / "config.json").write_text(json.dumps(hf_config(cfg), indent=2) + "\n", encoding="utf-8")
+        save_file(hf_state_dict(model.state_dict(), cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            try:
+                hf_tokenizer.write(tokenizer, tmp, model_max_length=cfg.block_size)
+            except TokenizerError as exc:
+                log.warning("%s", exc)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

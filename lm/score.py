@@ -187,6 +187,7 @@ class ScoreJob:
             nll, _, top = _nll(self.model, inputs.to(self.device), targets.to(self.device), None, self.top,
                                use_cache=False)
             nll = nll.double().cpu()
+            top = None if top is None else tuple(t.cpu() for t in top)
             for r, (i, begin, end, first) in enumerate(batch):
                 self._out[i][first:end] = nll[r, first - begin : end - begin]
                 if top is not None:

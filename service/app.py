@@ -6,6 +6,7 @@ load never stalls the loop) and their decode workers stop when the server shuts 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -107,12 +108,15 @@ def create_app(
     build_schema = app.openapi
 
     built: dict[ModelFacts, dict[str, Any]] = {}
+    pristine: list[dict[str, Any]] = []  # FastAPI's own document, built once and never written to
 
     def openapi() -> dict[str, Any]:  # FastAPI's document, with the live limits and models written in
+        if not pristine:
+            pristine.append(copy.deepcopy(build_schema()))
         facts = ModelFacts.of(registry.models.values())
         if facts not in built:
             built.clear()
-            built[facts] = live_schema(build_schema(), settings, facts)
+            built[facts] = live_schema(copy.deepcopy(pristine[0]), settings, facts)
         app.openapi_schema = built[facts]
         return app.openapi_schema
 

@@ -358,9 +358,11 @@ def top_maps(served: ServedModel, before: Sequence[int], ids: Sequence[int], pie
             entry = {}
             for alt, value in top:
                 v = finite(value)
-                if v is not None:
-                    entry.setdefault(piece if alt == token else candidate_piece(tokenizer, seq, alt), v)
-            entry.setdefault(piece, lp)
+                if v is not None and alt != token:
+                    entry.setdefault(candidate_piece(tokenizer, seq, alt), v)
+                elif v is not None:
+                    entry[piece] = lp  # in its place among the likeliest (over one that reads the same)
+            entry[piece] = lp  # the chosen token's own, always (appended when not among them)
         out.append(entry)
         seq.append(token)
     return out

@@ -127,8 +127,11 @@ def live_schema(schema: dict[str, Any], settings: Settings, models: ModelFacts |
     prompt = schema["components"]["schemas"].get("CompletionRequest", {}).get("properties", {}).get("prompt", {})
     for branch in prompt.get("anyOf", []):  # several prompts, or one prompt's token ids
         if branch.get("type") == "array":
-            single = branch.get("items", {}).get("type") == "integer"
+            items = branch.get("items", {})
+            single = items.get("type") == "integer"
             branch.update(minItems=1, maxItems=settings.max_prompt_tokens if single else settings.max_prompts)
+            if items.get("type") == "array":  # several prompts of token ids: each one bounded too
+                items.update(maxItems=settings.max_prompt_tokens)
     _bound(schema, "PerplexityRequest", "texts", "array", minItems=1, maxItems=settings.max_prompts)
     for model, one, many in (("GenerateRequest", "prompt", "prompts"), ("PerplexityRequest", "text", "texts")):
         body = schema["components"]["schemas"].get(model)

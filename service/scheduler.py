@@ -42,6 +42,7 @@ from service.tickets import (
     Event,
     GenerationFailed,
     QueueFull,
+    ReplayDiverged,
     SchedulerStopped,
     ScoreTicket,
     Submission,
@@ -283,8 +284,8 @@ class Scheduler:
     def _alone(self, ticket: Ticket) -> DecodeSession | None:
         """A session of its own for ``ticket``, replaying it from its start (its parameters are
         deterministic: the server seeds every sampled request); None if even that fails."""
-        session = self._session_factory(max(1, ticket.params.rows))
         try:
+            session = self._session_factory(max(1, ticket.params.rows))
             session.add(ticket.request_id, ticket.prompt_ids, ticket.params)
         except Exception:
             log.exception("model %s: request %s failed to restart alone", self.name, ticket.request_id)
@@ -311,7 +312,13 @@ class Scheduler:
             mine = [e for e in events if e.request_id == request_id]
             if not ticket.submission.stream:
                 mine = [e for e in mine if not isinstance(e, TokenEvent)]
-            fresh = ticket.unsent(mine)
+            try:
+                fresh = ticket.unsent(mine)
+            except ReplayDiverged as exc:  # it cannot go on seamlessly: it fails, alone
+                log.warning("model %s: request %s: %s", self.name, request_id, exc)
+                self._drop_quarantined(request_id)
+                self._fail(ticket)
+                continue
             if fresh:
                 self._deliver(ticket, fresh)
             if any(isinstance(e, DoneEvent) for e in mine):

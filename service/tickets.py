@@ -21,6 +21,10 @@ class Canceller(Protocol):
 Event = TokenEvent | FinishEvent | DoneEvent
 
 
+class ReplayDiverged(Exception):
+    """A request replayed alone did not repeat the tokens its client already has."""
+
+
 class QueueFull(Exception):
     """The model already holds ``max_queue`` requests; the client should retry later."""
 
@@ -42,8 +46,8 @@ class Ticket:
     prompt_ids: list[int]
     params: GenerationParams
     submission: Submission
-    sent_tokens: dict[int, int] = field(default_factory=dict)
-    """Token events delivered per row: a replay (``Scheduler``'s quarantine) skips these."""
+    sent_tokens: dict[int, list[int]] = field(default_factory=dict)
+    """The token ids delivered per row: a replay (``Scheduler``'s quarantine) skips these."""
     sent_finished: set[int] = field(default_factory=set)
     """Rows whose finish was delivered."""
     replayed_tokens: dict[int, int] = field(default_factory=dict)
@@ -53,20 +57,24 @@ class Ticket:
         """Count what is about to be delivered."""
         for event in events:
             if isinstance(event, TokenEvent):
-                self.sent_tokens[event.index] = self.sent_tokens.get(event.index, 0) + 1
+                self.sent_tokens.setdefault(event.index, []).append(event.token_id)
             elif isinstance(event, FinishEvent):
                 self.sent_finished.add(event.index)
 
     def unsent(self, events: list[Event]) -> list[Event]:
         """``events`` of a replay, less those the request already has (a deterministic replay
-        repeats them exactly, in order); counts what is left as delivered."""
+        repeats them, in order); counts what is left as delivered. ``ReplayDiverged`` if the
+        replay chose another token than the client has (kernels that differ by batch size)."""
         seen: dict[int, int] = {}
         out: list[Event] = []
         for event in events:
             if isinstance(event, TokenEvent):
                 seen[event.index] = seen.get(event.index, 0) + 1
-                replayed = self.replayed_tokens.get(event.index, 0) + seen[event.index]
-                if replayed <= self.sent_tokens.get(event.index, 0):
+                position = self.replayed_tokens.get(event.index, 0) + seen[event.index] - 1
+                sent = self.sent_tokens.get(event.index, [])
+                if position < len(sent):
+                    if sent[position] != event.token_id:
+                        raise ReplayDiverged(f"row {event.index} chose another token at {position} on replay")
                     continue
             elif isinstance(event, FinishEvent) and event.index in self.sent_finished:
                 continue

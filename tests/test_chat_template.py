@@ -39,10 +39,23 @@ def test_a_published_template_renders_as_transformers_does() -> None:
     "{{ messages.append(1) }}",
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ raise_exception('roles must alternate user/assistant') }}",
+    "{{ 'x'|center(10**9) }}", "{{ 'x'.ljust(10**9) }}", "{{ 'x'|indent(10**9, true) }}",
+    "{{ '{:>999999999}'.format(1) }}", "{{ '%999999999d' % 1 }}", "{{ lipsum(n=10**6) }}",
 ])
 def test_a_hostile_or_refusing_template_is_an_error_not_a_hang(template: str) -> None:
     with pytest.raises(ChatTemplateError):
         ChatTemplate(template).render([{"role": "user", "content": "x"}])
+
+
+def test_a_template_that_refuses_a_system_role_loads_and_its_tokens_survive_export() -> None:
+    """Gemma-style templates raise on a system message: the load check uses user/assistant
+    turns; bos/eos tokens are kept when the template is stored in a config."""
+    strict = ChatTemplate("{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system role') }}"
+                          "{% endif %}{{ bos_token }}{{ m.content }}{{ eos_token }}{% endfor %}", ("</s>",),
+                          bos_token="<s>", eos_token="</s>")
+    strict.check()
+    again = ChatTemplate.from_dict(json.loads(json.dumps(strict.to_dict())))
+    assert again == strict and again.render([{"role": "user", "content": "hi"}]) == "<s>hi</s>"
 
 
 def test_bad_templates_and_stops_are_refused_when_built() -> None:

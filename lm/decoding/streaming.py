@@ -136,7 +136,7 @@ def candidate_piece(tokenizer: Decoder, before: Sequence[int], token_id: int) ->
     window = list(before[-PROMPT_CONTEXT:]) if PROMPT_CONTEXT else []
     base = tokenizer.decode(window).rstrip(REPLACEMENT)  # a character it may complete is its own
     text = tokenizer.decode([*window, token_id])
-    piece = text[len(base):] if text.startswith(base) else text
+    piece = text[len(base):] if text.startswith(base) else tokenizer.decode([token_id])
     if (not piece or piece.endswith(REPLACEMENT)) and hasattr(tokenizer, "token_bytes"):
         raw = tokenizer.token_bytes(token_id)
         try:

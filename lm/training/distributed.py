@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -14,6 +15,9 @@ import torch.distributed as dist
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_WAIT_S = 120
+"""How long a finished rank waits for the others before leaving the process group."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,13 @@ def shutdown_distributed(wait: bool = True) -> None:
         return
     gc.collect()
     if wait:
-        dist.barrier()
+        try:  # bounded: a peer that failed alone never arrives
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=SHUTDOWN_WAIT_S))
+            else:
+                dist.barrier()
+        except RuntimeError as exc:
+            log.warning("leaving the process group without every rank: %s", exc)
     dist.destroy_process_group()
 
 

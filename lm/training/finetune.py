@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from lm.checkpoint import load_weights_into, read_config, read_context, resolve_checkpoint_dir
+from lm.checkpoint import load_weights_into, read_config, resolve_checkpoint_dir
 from lm.config import ConfigError, RunConfig, TokenizerConfig, to_dict
-from lm.context import TextContext
 from tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -61,11 +60,6 @@ def start(model: nn.Module, source: Path) -> None:
     wrapped); a checkpoint whose weights do not fit is a ``CheckpointError`` naming the file."""
     load_weights_into(model, source)
     log.info("fine-tuning from %s", source)
-
-
-def context(source: Path, tokenizer: Tokenizer, max_length: int | None) -> TextContext:
-    """The checkpoint's text start (what its texts were trained to follow), at this run's length."""
-    return TextContext(read_context(source, tokenizer).start, max_length)
 
 
 def fallback_fraction(tokenizer: Tokenizer, tokens: np.ndarray) -> float:

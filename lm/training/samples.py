@@ -9,6 +9,8 @@ are fixed for the run, so successive samples differ only by what the model learn
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -17,6 +19,8 @@ from lm.decoding.generate import generate
 from lm.decoding.params import GenerationParams
 from lm.example import SAMPLING
 from tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 NEW_TOKENS = {"char": 120, "bpe": 40, "unigram": 40, "word": 24}
 """Tokens per sample, by tokenizer kind: a line or two of text."""
@@ -31,5 +35,9 @@ def write_samples(model: nn.Module, tokenizer: Tokenizer, context: TextContext, 
     n = NEW_TOKENS.get(tokenizer.kind, 40)
     greedy = GenerationParams(max_new_tokens=n)
     sampled = GenerationParams(max_new_tokens=n, seed=SEED, **SAMPLING)
-    [[g]], [[s]] = (generate(model, tokenizer, [prompt], p, device=device, context=context) for p in (greedy, sampled))
+    try:
+        [[g]], [[s]] = (generate(model, tokenizer, [prompt], p, device=device, context=context) for p in (greedy, sampled))
+    except Exception as exc:  # a sample is for reading; it never stops the run
+        log.warning("no sample this evaluation: %s", exc)
+        return {}
     return {"sample_prompt": prompt, "sample_greedy": g.text, "sample": s.text}

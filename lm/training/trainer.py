@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -380,17 +379,18 @@ class Trainer:
         log.info("step %d: val loss %.4f (ppl %.2f)%s", self.progress.step, val, math.exp(min(val, 50)), " *" if improved else "")
         if self.cfg.samples and self.dist.is_main and not self.sharded:  # a sharded model decodes only collectively
             rec |= write_samples(self.model, self.tokenizer, self.context, self.example.prompt, self.device)
-            log.info("step %d sample: %r", self.progress.step, rec["sample_prompt"] + rec["sample"])
+            log.info("step %d sample: %r", self.progress.step, rec.get("sample_prompt", "") + rec.get("sample", ""))
         record(rec)
         return bool(self.cfg.patience and self.progress.evals_since_best >= self.cfg.patience)
 
 
 def train(run: RunConfig, *, resume: bool = False) -> TrainResult:
     """Train (or resume) the run that ``run`` describes."""
-    trainer: Trainer | None = None
+    trainer, finished = None, False
     try:
         trainer = Trainer(run, resume=resume)
-        return trainer.fit()
+        result, finished = trainer.fit(), True
+        return result
     finally:
         del trainer  # the model lets go of the process group before the group goes (see there)
-        shutdown_distributed(wait=sys.exc_info()[0] is None)
+        shutdown_distributed(wait=finished)
