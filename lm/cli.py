@@ -21,13 +21,15 @@ import sys
 from importlib.metadata import entry_points
 from types import ModuleType
 
-BUILTIN_COMMANDS = ("tokenizer", "train", "export", "generate", "score")
+BUILTIN_COMMANDS = ("tokenizer", "train", "export", "import", "generate", "score")
+MODULE_NAMES = {"import": "import_hf"}
+"""Commands whose module is named otherwise (``import`` is a keyword)."""
 ENTRY_POINT_GROUP = "lmforge.commands"
 
 
 def command_modules() -> dict[str, str]:
     """Subcommand name -> the module that implements it (built-ins, then entry points)."""
-    modules = {name: f"lm.commands.{name}" for name in BUILTIN_COMMANDS}
+    modules = {name: f"lm.commands.{MODULE_NAMES.get(name, name)}" for name in BUILTIN_COMMANDS}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         modules.setdefault(ep.name, ep.value)
     return modules

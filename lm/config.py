@@ -26,6 +26,7 @@ from lm.models.config import (
     parse_table,
     to_dict,
 )
+from tokenizer.kinds import IMPORTED_KIND
 from tokenizer.kinds import KINDS as TOKENIZER_KINDS
 
 __all__ = ["MODEL_CONFIGS", "ConfigError", "DataConfig", "ModelConfig", "RNNConfig", "RunConfig",
@@ -66,7 +67,9 @@ class TokenizerConfig:
     unk_policy: str = "byte_fallback"
 
     def __post_init__(self) -> None:
-        check_choice("tokenizer.kind", self.kind, TOKENIZER_KINDS)
+        check_choice("tokenizer.kind", self.kind, (*TOKENIZER_KINDS, IMPORTED_KIND))
+        check(self.kind != IMPORTED_KIND or bool(self.path),
+              f"tokenizer.kind {IMPORTED_KIND!r} is an imported model's own tokenizer: give tokenizer.path")
         check(self.vocab_size >= 0, f"tokenizer.vocab_size must be >= 0, got {self.vocab_size}")
 
 

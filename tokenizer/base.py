@@ -48,6 +48,10 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int]) -> str:
         """Text for ``ids``; raises ``TokenizerError`` for an id outside the vocabulary."""
 
+    def token_text(self, token_id: int) -> str:
+        """A token's name in the vocabulary: a special's (``<eos>``), else its text."""
+        return SPECIAL_PIECES[token_id] if token_id < len(SPECIAL_PIECES) else self.decode([token_id])
+
     def fallback_ids(self) -> tuple[int, ...]:
         """The ids that spell what the vocabulary has no piece for (``<unk>``; the byte tokens
         where there is byte fallback): how much of a text fell back is the share of these."""

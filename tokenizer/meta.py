@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from tokenizer.base import SPECIAL_PIECES, Tokenizer
 from tokenizer.errors import TokenizerError
 from tokenizer.io import PathLike, read_regular_file, write_atomic
+from tokenizer.kinds import IMPORTED_KIND
 
 META_FILE = "tokenizer.json"
 META_FORMAT = "lmforge-tokenizer"
@@ -63,7 +64,7 @@ def read(directory: PathLike) -> dict[str, Any]:
         )
     specials = meta.get("special_tokens")
     expected = {piece: i for i, piece in enumerate(SPECIAL_PIECES)}
-    if specials != expected:
+    if specials != expected and meta.get("kind") != IMPORTED_KIND:  # an imported vocabulary has its own
         raise TokenizerError(f"{path}: special_tokens must be {expected}, got {specials!r}")
     require(meta, "kind", str, path)
     require(meta, "vocab_size", int, path)

@@ -14,7 +14,7 @@ from tokenizer.base import Tokenizer
 from tokenizer.char import CharTokenizer
 from tokenizer.errors import TokenizerError
 from tokenizer.io import PathLike
-from tokenizer.kinds import KINDS, SENTENCEPIECE_KINDS
+from tokenizer.kinds import IMPORTED_KIND, KINDS, SENTENCEPIECE_KINDS
 from tokenizer.sentencepiece_tok import SentencePieceTokenizer
 from tokenizer.word import WordTokenizer
 
@@ -86,6 +86,10 @@ def load_tokenizer(directory: PathLike) -> Tokenizer:
         return WordTokenizer.load(directory)
     if kind in SENTENCEPIECE_KINDS:
         return SentencePieceTokenizer.load(directory)
+    if kind == IMPORTED_KIND:
+        from tokenizer.hf import HFTokenizer
+
+        return HFTokenizer.load(directory)
     raise TokenizerError(
         f"{meta.path_in(directory)}: unknown tokenizer kind {kind!r} (known: {', '.join(KINDS)})"
     )

@@ -21,7 +21,7 @@ from service.schemas.tokenize import (
     TokenizeResponse,
     TokenizerInfo,
 )
-from tokenizer import SPECIAL_PIECES, TokenizerError
+from tokenizer import TokenizerError
 
 router = APIRouter(tags=["tokenizer"])
 
@@ -65,7 +65,7 @@ async def tokenizer_info(registry: RegistryDep, settings: SettingsDep,
     served = resolve_model(registry, query.model, settings)
     tok = served.pipeline.tokenizer
     ids = {"pad": tok.pad_id, "unk": tok.unk_id, "bos": tok.bos_id, "eos": tok.eos_id}
-    specials = {f"{name}_token": SPECIAL_PIECES[i] for name, i in ids.items()}
+    specials = {f"{name}_token": tok.token_text(i) for name, i in ids.items()}
     return TokenizerInfo(model=served.name, tokenizer_kind=tok.kind, vocab_size=tok.vocab_size,
                          max_model_len=served.pipeline.config.max_context,
                          text_start_ids=list(served.pipeline.context.start),

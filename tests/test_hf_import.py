@@ -1,0 +1,129 @@
+"""``lmforge import``: a transformers checkpoint (built here from a small config -- nothing is
+downloaded) becomes an lmforge checkpoint that generates, scores and serves, and agrees with
+transformers on the same weights: logits, greedy decoding, tokenization."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from test_service_helpers import client_for, test_settings  # noqa: E402
+
+from lm.cli import main  # noqa: E402
+from lm.decoding.params import GenerationParams  # noqa: E402
+from lm.hf_export import export_hf  # noqa: E402
+from lm.pipeline import Pipeline  # noqa: E402
+from tokenizer import load_tokenizer  # noqa: E402
+
+TEXT = "the quick brown fox jumps over the lazy dog. a journey of a thousand miles begins with one step.\n" * 30
+
+
+def byte_level_tokenizer(directory: Path) -> int:
+    """GPT-2's kind of tokenizer (byte-level BPE with <|endoftext|>), trained on a small text."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    corpus = directory / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    tok = ByteLevelBPETokenizer()
+    tok.train([str(corpus)], vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2TokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "chat_template": "{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}",
+    }))
+    corpus.unlink()
+    return tok.get_vocab_size()
+
+
+@pytest.fixture(scope="module", params=["gpt2-tied", "gpt2-untied"])
+def gpt2(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    hf_dir = tmp_path_factory.mktemp("gpt2")
+    vocab = byte_level_tokenizer(hf_dir)
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                  tie_word_embeddings=request.param.endswith("-tied"),
+                                  eos_token_id=0, bos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(hf_dir)
+    out = hf_dir.parent / f"{hf_dir.name}-lmforge"
+    assert main(["import", str(hf_dir), str(out)]) == 0
+    return model, hf_dir, out
+
+
+def test_an_imported_gpt2_agrees_with_transformers(gpt2) -> None:  # noqa: ANN001
+    hf, hf_dir, out = gpt2
+    pipe = Pipeline.from_checkpoint(out, device="cpu")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    ours_tok = load_tokenizer(out)
+    for text in ["the quick brown fox", " jumps over\nthe lazy dog ünïcödé €", "<|endoftext|>a"]:
+        assert ours_tok.encode(text) == hf_tok.encode(text)
+        assert ours_tok.decode(ours_tok.encode(text)) == text
+    ids = ours_tok.encode("a journey of a thousand")
+    start = list(pipe.context.start)
+    assert start == [hf_tok.eos_token_id]  # texts start after <|endoftext|>, as GPT-2 was trained
+    x = torch.tensor([start + ids])
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.model(x, None, use_cache=False)[0], hf(x).logits, atol=1e-4, rtol=1e-4)
+    [[ours]] = pipe.generate(["a journey of a thousand"], GenerationParams(max_new_tokens=40, stop_at_eos=False))
+    theirs = hf.generate(x, max_new_tokens=40, min_new_tokens=40, do_sample=False, pad_token_id=0)
+    assert ours.token_ids == theirs[0, x.shape[1]:].tolist()
+    assert pipe.chat_template.stop == ("<|endoftext|>",)
+
+
+def test_an_imported_model_serves(gpt2, tmp_path: Path) -> None:  # noqa: ANN001
+    _, _, out = gpt2
+    with client_for(test_settings(out.parent, models=[out.name])) as client:
+        r = client.post("/v1/completions", json={"prompt": "the quick", "max_tokens": 5, "temperature": 0,
+                                                 "logprobs": 2})
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
+        info = client.get("/tokenizer_info").json()
+        assert info["tokenizer_kind"] == "hf" and info["eos_token"] == "<|endoftext|>"
+        assert client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                         "max_tokens": 3}).status_code == 200
+
+
+def test_a_roundtrip_through_the_transformers_format_keeps_every_weight(tmp_path: Path) -> None:
+    from lm.config import TransformerConfig
+    from lm.hf_import import lmforge_config, lmforge_state, load_hf_weights, read_hf_config
+    from lm.models import build_model
+
+    for pos, bias, tie in (("rope", False, True), ("rope", True, False), ("learned", True, True)):
+        torch.manual_seed(1)
+        cfg = TransformerConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, pos_emb=pos,
+                                bias=bias, tie_weights=tie)
+        model = build_model(cfg)
+        where = tmp_path / f"{pos}-{bias}-{tie}"
+        export_hf(model, where)
+        back = lmforge_config(read_hf_config(where))
+        state = lmforge_state(load_hf_weights(where), back)
+        if not bias and pos == "rope":  # exported with zero biases where NeoX has them: those are extra
+            assert back.bias is False
+        for name, value in model.state_dict().items():
+            assert torch.equal(state[name], value), name
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, "model_type 'llama'"),
+    ({"use_parallel_residual": True}, "use_parallel_residual"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
+     "rotary on 0.25"),
+])
+def test_what_lmforge_cannot_compute_is_refused_by_name(change: dict, named: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from lm.config import TransformerConfig
+    from lm.models import build_model
+
+    export_hf(build_model(TransformerConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=8)), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    assert main(["import", str(tmp_path), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err
+    assert not (tmp_path / "out").exists()
