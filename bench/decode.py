@@ -216,6 +216,9 @@ def main() -> None:
                         help="weight precisions to decode in, both ours and HF's (bf16 skips sampling)")
     parser.add_argument("--checkpoint", help="also score --text with this checkpoint in fp32 and bf16")
     parser.add_argument("--text", help="UTF-8 text file for --checkpoint")
+    parser.add_argument("--imported", action="store_true",
+                        help="only: a GPT-2-small-shaped model (124M, random) imported from transformers "
+                             "(lm.hf_import) against transformers on the very same weights")
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
@@ -232,6 +235,9 @@ def main() -> None:
         hf = f"{theirs:10.0f}" if theirs else f"{'-':>10}"
         print(f"{name:<22} {mode:<10} {dtype:<5} {ours:14.0f} {hf} {ratio}", flush=True)
 
+    if args.imported:
+        imported_rows(row, new, repeats)
+        return
     bandwidth = read_bandwidth()
     bounds = []
     for dims in ((4, 4, 128), (6, 6, 384)):
@@ -285,6 +291,31 @@ def main() -> None:
 
     if args.checkpoint and args.text:
         score_checkpoint(args.checkpoint, args.text, repeats)
+
+
+def imported_rows(row: Callable[..., None], new: int, repeats: int) -> None:
+    """GPT-2 small's shape (12 layers, 12 heads, 768 wide, 50,257 ids), random weights built by
+    transformers and imported into lmforge (``lm.hf_import``): both decode the same weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lm.hf_import import lmforge_config, lmforge_state
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_positions=CONTEXT, bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    cfg = lmforge_config(hf.config.to_dict())
+    ours = build_model(cfg)
+    ours.load_state_dict(lmforge_state(hf.state_dict(), cfg))
+    ours = prepare_for_inference(ours.eval(), in_place=True)
+    tok = CharTokenizer([chr(0x10000 + i) for i in range(cfg.vocab_size - 260)])
+    name = "imported gpt2 (124M)"
+    for mode in ("greedy-b1", "greedy-b8", "beam4-b1"):
+        batch, kw = MODES[mode]
+        t_ours, t_hf = best_times([ours_decode(ours, tok, batch, kw, new), hf_decode(hf, batch, kw, new)], repeats)
+        row(name, mode, batch * new / t_ours, batch * new / t_hf)
+    data = score_data()
+    result: dict = {}
+    t_ours, t_hf = best_times([ours_score(ours, data, result), hf_score(hf, data)], repeats)
+    row(name, "score", SCORE_TOKENS / t_ours, SCORE_TOKENS / t_hf)
 
 
 def score_checkpoint(path: str, text_file: str, repeats: int) -> None:
