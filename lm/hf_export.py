@@ -7,8 +7,8 @@ a stock family whose math is the same, weight for weight:
 - learned positions -> **GPT-2** (``GPT2LMHeadModel``): the same fused ``c_attn`` (q, k, v in
   that order) and module names; GPT-2's ``Conv1D`` stores weights as ``[in, out]``, so they are
   transposed.
-- RoPE -> **GPT-NeoX** (``GPTNeoXForCausalLM``, Pythia's) with full rotary dimensions, sequential
-  residuals (``use_parallel_residual: false``), the same rotate-half convention and frequencies;
+- RoPE -> **GPT-NeoX** (``GPTNeoXForCausalLM``, Pythia's) with the model's rotary dimensions and
+  residuals (``use_parallel_residual``), the same rotate-half convention and frequencies;
   its fused ``query_key_value`` is laid out per head (``[head, q|k|v, dim]``), so rows are
   regrouped.
 
@@ -48,20 +48,24 @@ def hf_config(cfg: TransformerConfig) -> dict:
     """The transformers ``config.json`` for ``cfg``."""
     common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_weights, "bos_token_id": BOS_ID,
               "eos_token_id": EOS_ID, "pad_token_id": PAD_ID, "torch_dtype": "float32"}
+    act = "gelu_pytorch_tanh" if cfg.activation == "gelu_tanh" else "gelu"
     if cfg.pos_emb == "learned":
+        if cfg.parallel_residual:
+            raise ExportError("GPT-2 has no parallel residual: a learned-position model with "
+                              "model.parallel_residual = true has no stock transformers counterpart")
         return {**common, "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": cfg.block_size,
                 "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
-                "n_inner": cfg.mlp_ratio * cfg.n_embd, "activation_function": "gelu_pytorch_tanh",
+                "n_inner": cfg.mlp_ratio * cfg.n_embd, "activation_function": act,
                 "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "layer_norm_epsilon": HF_LAYER_NORM_EPS,
                 "scale_attn_weights": True}
     return {**common, "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
             "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
-            "intermediate_size": cfg.mlp_ratio * cfg.n_embd, "hidden_act": "gelu_pytorch_tanh",
+            "intermediate_size": cfg.mlp_ratio * cfg.n_embd, "hidden_act": act,
             "max_position_embeddings": cfg.block_size, "layer_norm_eps": HF_LAYER_NORM_EPS,
-            "use_parallel_residual": False, "attention_bias": cfg.bias, "attention_dropout": 0.0,
+            "use_parallel_residual": cfg.parallel_residual, "attention_bias": cfg.bias, "attention_dropout": 0.0,
             "hidden_dropout": 0.0, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base,
-                                                       "partial_rotary_factor": 1.0},
-            "rope_theta": cfg.rope_base, "rotary_pct": 1.0, "rotary_emb_base": cfg.rope_base}
+                                                       "partial_rotary_factor": cfg.rotary_fraction},
+            "rope_theta": cfg.rope_base, "rotary_pct": cfg.rotary_fraction, "rotary_emb_base": cfg.rope_base}
 
 
 def hf_state_dict(state: dict[str, torch.Tensor], cfg: TransformerConfig) -> dict[str, torch.Tensor]:

@@ -4,9 +4,8 @@ The inverse of ``lm.hf_export``, for the families whose math lmforge's Transform
 
 - **GPT-2** (``GPT2LMHeadModel``): learned positions, biases everywhere, tanh-GELU MLP, tied or
   untied head; ``Conv1D`` weights (``[in, out]``) transposed.
-- **GPT-NeoX** (``GPTNeoXForCausalLM``) with sequential residuals and full rotary dimensions --
-  what ``lmforge export --format hf`` writes. Pythia uses parallel residuals and a quarter of
-  the rotary dimensions, which lmforge's blocks do not compute (yet): refused, named.
+- **GPT-NeoX** (``GPTNeoXForCausalLM``: Pythia), parallel or sequential residuals, rotary on all
+  or part of each head, exact or tanh GELU -- and what ``lmforge export --format hf`` writes.
 
 Everything else (Llama and its kin: RMSNorm, SwiGLU, grouped-query attention) is refused with a
 message naming the architecture or option, never loaded wrong. The weights come from
@@ -29,6 +28,14 @@ from lm.models import TransformerConfig, build_model
 EPS = 1e-5
 """lmforge's LayerNorm epsilon (torch's default): a checkpoint trained with another is refused."""
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+GELU_EXACT = ("gelu",)
+
+
+def _activation(name: object, what: str) -> str:
+    if name in GELU_TANH:
+        return "gelu_tanh"
+    _require(name in GELU_EXACT, f"{what} {name!r} (lmforge's MLP is GELU, exact or tanh)")
+    return "gelu"
 
 
 class HFImportError(ValueError):
@@ -55,8 +62,7 @@ def lmforge_config(hf: dict[str, Any]) -> TransformerConfig:
     if kind == "gpt2":
         E = hf.get("n_embd", 768)
         inner = hf.get("n_inner") or 4 * E
-        _require(hf.get("activation_function", "gelu_new") in GELU_TANH,
-                 f"activation_function {hf.get('activation_function')!r} (lmforge's MLP is tanh-GELU)")
+        act = _activation(hf.get("activation_function", "gelu_new"), "activation_function")
         _require(hf.get("layer_norm_epsilon", EPS) == EPS, f"layer_norm_epsilon {hf.get('layer_norm_epsilon')}")
         _require(not hf.get("scale_attn_by_inverse_layer_idx"), "scale_attn_by_inverse_layer_idx")
         _require(hf.get("scale_attn_weights", True), "scale_attn_weights: false")
@@ -64,23 +70,22 @@ def lmforge_config(hf: dict[str, Any]) -> TransformerConfig:
         _require(inner % E == 0, f"n_inner {inner} is not a multiple of n_embd {E}")
         return TransformerConfig(vocab_size=hf.get("vocab_size", 50257), block_size=hf.get("n_positions", 1024),
                                  n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=E,
-                                 mlp_ratio=inner // E, bias=True, pos_emb="learned", tie_weights=tie)
+                                 mlp_ratio=inner // E, bias=True, pos_emb="learned", tie_weights=tie, activation=act)
     if kind == "gpt_neox":
         E = hf["hidden_size"]
         rope = hf.get("rope_parameters") or {}
         fraction = rope.get("partial_rotary_factor", hf.get("rotary_pct", 1.0))
         theta = rope.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
-        _require(not hf.get("use_parallel_residual", True),
-                 "use_parallel_residual: true (Pythia's parallel attention and MLP; lmforge's blocks are sequential)")
-        _require(fraction == 1.0, f"rotary on {fraction} of each head (lmforge rotates whole heads)")
         _require(rope.get("rope_type", "default") == "default", f"rope_type {rope.get('rope_type')!r}")
-        _require(hf.get("hidden_act", "gelu") in GELU_TANH, f"hidden_act {hf.get('hidden_act')!r} (tanh-GELU only)")
+        act = _activation(hf.get("hidden_act", "gelu"), "hidden_act")
         _require(hf.get("layer_norm_eps", EPS) == EPS, f"layer_norm_eps {hf.get('layer_norm_eps')}")
         _require(hf["intermediate_size"] % E == 0, "intermediate_size is not a multiple of hidden_size")
         return TransformerConfig(vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 2048),
                                  n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=E,
                                  mlp_ratio=hf["intermediate_size"] // E, bias=bool(hf.get("attention_bias", True)),
-                                 pos_emb="rope", rope_base=float(theta), tie_weights=tie)
+                                 pos_emb="rope", rope_base=float(theta), tie_weights=tie, activation=act,
+                                 rotary_fraction=float(fraction),
+                                 parallel_residual=bool(hf.get("use_parallel_residual", True)))
     raise HFImportError(f"model_type {kind!r} ({', '.join(hf.get('architectures') or ['?'])}) is not supported: "
                        "lmforge imports gpt2 and gpt_neox (sequential residuals, full rotary)")
 

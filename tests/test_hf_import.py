@@ -89,6 +89,29 @@ def test_an_imported_model_serves(gpt2, tmp_path: Path) -> None:  # noqa: ANN001
                                                          "max_tokens": 3}).status_code == 200
 
 
+def test_an_imported_pythia_shaped_model_agrees_with_transformers(tmp_path: Path) -> None:
+    """GPT-NeoX as Pythia configures it: parallel attention and MLP, rotary on a quarter of each
+    head, exact GELU, untied head, biases."""
+    vocab = byte_level_tokenizer(tmp_path)
+    torch.manual_seed(2)
+    cfg = transformers.GPTNeoXConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=256, max_position_embeddings=64, use_parallel_residual=True,
+                                     hidden_act="gelu", tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                      "partial_rotary_factor": 0.25})
+    hf = transformers.GPTNeoXForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    assert main(["import", str(tmp_path), str(tmp_path / "out")]) == 0
+    pipe = Pipeline.from_checkpoint(tmp_path / "out", device="cpu")
+    assert (pipe.config.parallel_residual, pipe.config.rotary_fraction, pipe.config.activation) == (True, 0.25, "gelu")
+    x = torch.tensor([list(pipe.context.start) + load_tokenizer(tmp_path / "out").encode("the lazy dog")])
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.model(x, None, use_cache=False)[0], hf(x).logits, atol=1e-4, rtol=1e-4)
+    [[ours]] = pipe.generate(["the lazy dog"], GenerationParams(max_new_tokens=30, stop_at_eos=False))
+    theirs = hf.generate(x, max_new_tokens=30, min_new_tokens=30, do_sample=False, pad_token_id=0)
+    assert ours.token_ids == theirs[0, x.shape[1]:].tolist()
+
+
 def test_a_roundtrip_through_the_transformers_format_keeps_every_weight(tmp_path: Path) -> None:
     from lm.config import TransformerConfig
     from lm.hf_import import lmforge_config, lmforge_state, load_hf_weights, read_hf_config
@@ -111,9 +134,9 @@ def test_a_roundtrip_through_the_transformers_format_keeps_every_weight(tmp_path
 
 @pytest.mark.parametrize(("change", "named"), [
     ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, "model_type 'llama'"),
-    ({"use_parallel_residual": True}, "use_parallel_residual"),
-    ({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
-     "rotary on 0.25"),
+    ({"hidden_act": "relu"}, "hidden_act 'relu'"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}}, "rope_type 'linear'"),
+    ({"layer_norm_eps": 1e-6}, "layer_norm_eps"),
 ])
 def test_what_lmforge_cannot_compute_is_refused_by_name(change: dict, named: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:

@@ -25,15 +25,17 @@ from lm.score import score_ids  # noqa: E402
 from tokenizer import CharTokenizer  # noqa: E402
 
 TOK = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz .,\n"))
-VARIANTS = [  # (positions, biases, tied head)
-    ("rope", False, True), ("rope", True, False), ("learned", False, True), ("learned", True, False),
+PYTHIA = {"parallel_residual": True, "rotary_fraction": 0.25, "activation": "gelu"}
+VARIANTS = [  # (positions, biases, tied head, other knobs)
+    ("rope", False, True, {}), ("rope", True, False, {}), ("learned", False, True, {}), ("learned", True, False, {}),
+    ("rope", True, False, PYTHIA), ("learned", True, True, {"activation": "gelu"}),
 ]
 
 
-def lmforge_model(pos: str, bias: bool, tie: bool, block_size: int = 128) -> torch.nn.Module:
+def lmforge_model(pos: str, bias: bool, tie: bool, extra: dict | None = None, block_size: int = 128) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = TransformerConfig(vocab_size=TOK.vocab_size, block_size=block_size, n_layer=2, n_head=4, n_embd=32,
-                            pos_emb=pos, bias=bias, tie_weights=tie)
+                            pos_emb=pos, bias=bias, tie_weights=tie, **(extra or {}))
     model = build_model(cfg).eval()
     with torch.no_grad():  # random weights with some structure, so greedy and beams have a spread
         for p in model.parameters():
@@ -42,7 +44,9 @@ def lmforge_model(pos: str, bias: bool, tie: bool, block_size: int = 128) -> tor
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-{'bias' if v[1] else 'nobias'}-"
-                                                               f"{'tied' if v[2] else 'untied'}")
+                                                               f"{'tied' if v[2] else 'untied'}"
+                                                               + ("-pythia" if v[3] == PYTHIA else
+                                                                  "-gelu" if v[3] else ""))
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     model = lmforge_model(*request.param)
     out = tmp_path_factory.mktemp("hf")
@@ -98,7 +102,11 @@ def test_beam_search_matches_sequences_order_and_scores(pair, options: dict) -> 
         theirs = hf.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=TOK.eos_id,
                              pad_token_id=TOK.pad_id, output_scores=True, return_dict_in_generate=True,
                              renormalize_logits=True, **options)
-        want = [[t for t in row[len(p):].tolist() if t != TOK.pad_id] for row in theirs.sequences]
+        def finished(row: list[int]) -> list[int]:  # what follows a finished beam's <eos> is fill
+            row = [t for t in row if t != TOK.pad_id]
+            return row[: row.index(TOK.eos_id) + 1] if TOK.eos_id in row else row
+
+        want = [finished(row[len(p):].tolist()) for row in theirs.sequences]
         assert [c.token_ids for c in ours] == want
         for c, score in zip(ours, theirs.sequences_scores.tolist(), strict=True):
             assert c.cumulative_logprob / len(c.token_ids) ** options["length_penalty"] == pytest.approx(score, abs=1e-4)

@@ -92,6 +92,12 @@ class TransformerConfig:
     pos_emb: str = "rope"
     rope_base: float = 10000.0
     tie_weights: bool = True
+    rotary_fraction: float = 1.0
+    """RoPE on this share of each head's dimensions, the first ones (Pythia: 0.25)."""
+    parallel_residual: bool = False
+    """Attention and MLP read the same input and add to the residual together (GPT-NeoX, Pythia)."""
+    activation: str = "gelu_tanh"
+    """The MLP's GELU: its tanh approximation (GPT-2), or the exact one (``gelu``: Pythia)."""
 
     def __post_init__(self) -> None:
         check(self.family == "transformer", f"model.family must be 'transformer', got {self.family!r}")
@@ -104,11 +110,21 @@ class TransformerConfig:
         check_choice("model.pos_emb", self.pos_emb, ("rope", "learned"))
         if self.pos_emb == "rope":
             check((self.n_embd // self.n_head) % 2 == 0, "RoPE needs an even head dimension")
+            check(0 < self.rotary_fraction <= 1 and self.rotary_dims % 2 == 0 and self.rotary_dims > 0,
+                  f"model.rotary_fraction ({self.rotary_fraction}) must rotate an even number of a head's "
+                  f"{self.n_embd // self.n_head} dimensions")
+        check(self.pos_emb == "rope" or self.rotary_fraction == 1.0, "model.rotary_fraction applies to RoPE only")
+        check_choice("model.activation", self.activation, ("gelu_tanh", "gelu"))
         check_fraction("model.dropout", self.dropout)
 
     @property
     def max_context(self) -> int | None:
         return self.block_size
+
+    @property
+    def rotary_dims(self) -> int:
+        """The head dimensions RoPE rotates (the first ones)."""
+        return int(self.n_embd // self.n_head * self.rotary_fraction)
 
 
 ModelConfig = RNNConfig | TransformerConfig

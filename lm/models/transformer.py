@@ -60,7 +60,12 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            rd = rope[0].shape[-1] * 2  # the rotated dimensions (all, or the first of each head)
+            if rd == self.head_dim:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            else:
+                q = torch.cat([apply_rope(q[..., :rd], *rope), q[..., rd:]], dim=-1)
+                k = torch.cat([apply_rope(k[..., :rd], *rope), k[..., rd:]], dim=-1)
         if cache is not None:
             start = cache.length
             k_all, v_all = cache.k.select(0, layer), cache.v.select(0, layer)  # (B, nh, capacity, hs)
@@ -89,9 +94,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: Tensor) -> Tensor:
-        return apply_dropout(self.dropout, self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return apply_dropout(self.dropout, self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -101,8 +107,11 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
+        self.parallel = cfg.parallel_residual
 
     def forward(self, x: Tensor, rope, cache, layer: int, mask, is_causal: bool) -> Tensor:  # noqa: ANN001
+        if self.parallel:  # GPT-NeoX: both read the block's input
+            return x + self.attn(self.ln_1(x), rope, cache, layer, mask, is_causal) + self.mlp(self.ln_2(x))
         x = x + self.attn(self.ln_1(x), rope, cache, layer, mask, is_causal)
         return x + self.mlp(self.ln_2(x))
 
@@ -121,9 +130,8 @@ class TransformerLM(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight
-        head_dim = cfg.n_embd // cfg.n_head
         if cfg.pos_emb == "rope":
-            cos, sin = rope_tables(head_dim, cfg.block_size, cfg.rope_base)
+            cos, sin = rope_tables(cfg.rotary_dims, cfg.block_size, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
