@@ -129,6 +129,22 @@ def test_fine_tuning_keeps_the_architecture_and_tokenizer(source, tmp_path: Path
     assert "give one" in capsys.readouterr().err
 
 
+def test_a_fine_tuned_model_keeps_its_chat_template_through_resume(source, tmp_path: Path) -> None:  # noqa: ANN001
+    from lm.chat_template import ChatTemplate
+    from lm.checkpoint import read_chat_template
+
+    _, run_a, b = source
+    (tmp_path / "t.jinja").write_text("{% for m in messages %}Q: {{ m.content }}\n{% endfor %}A:", encoding="utf-8")
+    assert main(["export", str(run_a), str(tmp_path / "chat"), "--chat-template", str(tmp_path / "t.jinja"),
+                 "--chat-stop", "\nQ:"]) == 0
+    cfg = config(b, tmp_path / "run", {}, max_steps=4, eval_every=2)
+    train(run_config_from_dict({**cfg, "train": {**cfg["train"], "init_from": str(tmp_path / "chat")}}))
+    want = ChatTemplate("{% for m in messages %}Q: {{ m.content }}\n{% endfor %}A:", ("\nQ:",))
+    assert read_chat_template(tmp_path / "run" / "best") == want
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.max_steps=6"]) == 0
+    assert read_chat_template(tmp_path / "run" / "step-00000006") == want
+
+
 def test_each_evaluation_writes_samples_the_saved_weights_reproduce(tmp_path: Path) -> None:
     a = corpus(tmp_path / "a.txt", WORDS, 0)
     result = train(run_config_from_dict(config(a, tmp_path / "run", MODELS["transformer"], max_steps=40,

@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from lm.checkpoint import load_weights_into, read_config, resolve_checkpoint_dir
+from lm.chat_template import ChatTemplate
+from lm.checkpoint import (
+    LATEST_FILE,
+    latest_checkpoint,
+    load_weights_into,
+    read_chat_template,
+    read_config,
+    resolve_checkpoint_dir,
+)
 from lm.config import ConfigError, RunConfig, TokenizerConfig, to_dict
 from tokenizer import Tokenizer
 
@@ -60,6 +68,16 @@ def start(model: nn.Module, source: Path) -> None:
     wrapped); a checkpoint whose weights do not fit is a ``CheckpointError`` naming the file."""
     load_weights_into(model, source)
     log.info("fine-tuning from %s", source)
+
+
+def chat_template(source: Path | None, resumed: Path | None) -> ChatTemplate | None:
+    """The chat template a run's checkpoints carry: the fine-tuned checkpoint's (``source``),
+    or on ``--resume`` the one its last checkpoint carries (``resumed``: the run directory)."""
+    if source is not None:
+        return read_chat_template(source)
+    if resumed is not None and (resumed / LATEST_FILE).is_file():
+        return read_chat_template(latest_checkpoint(resumed))
+    return None
 
 
 def fallback_fraction(tokenizer: Tokenizer, tokens: np.ndarray) -> float:

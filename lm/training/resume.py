@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lm.chat_template import ChatTemplate
 from lm.checkpoint import LATEST_FILE, load_weights_into, save_checkpoint
 from lm.context import TextContext
 from lm.example import Example
@@ -34,6 +35,8 @@ class RunCheckpoint:
     tokenizer: Tokenizer
     context: TextContext
     example: Example | None = None
+    chat_template: ChatTemplate | None = None
+    """A fine-tuned model's, carried from the checkpoint it started from (``lm.training.finetune``)."""
 
     def write(self, name: str, step: int, *, training: dict[str, Any], weights: dict[str, torch.Tensor] | None,
               trainer_state: dict[str, Any] | None = None) -> Path:
@@ -42,7 +45,7 @@ class RunCheckpoint:
         try:
             return save_checkpoint(self.run_dir / name, self.model, self.tokenizer, training=training,
                                    trainer_state=trainer_state, state_dict=weights, context=self.context,
-                                   example=self.example)
+                                   example=self.example, chat_template=self.chat_template)
         except OSError as exc:
             raise TrainingError(f"could not save the checkpoint for step {step} to {self.run_dir / name}: "
                                 f"{exc.strerror or exc}; {self._intact(name)}") from None

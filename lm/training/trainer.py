@@ -149,7 +149,8 @@ class Trainer:
         if self.cfg.compile:
             self.train_model = torch.compile(self.train_model)
 
-        self.checkpoints = RunCheckpoint(self.run_dir, self.model, self.tokenizer, self.context, self.example)
+        self.checkpoints = RunCheckpoint(self.run_dir, self.model, self.tokenizer, self.context, self.example,
+                                         finetune.chat_template(self.init_from, self.run_dir if resume else None))
         self.progress = TrainProgress()
         self.rnn_state: RNNState | None = None
         if resume:
