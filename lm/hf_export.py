@@ -68,63 +68,71 @@ def hf_config(cfg: TransformerConfig) -> dict:
             "rope_theta": cfg.rope_base, "rotary_pct": cfg.rotary_fraction, "rotary_emb_base": cfg.rope_base}
 
 
+LAYERS_GPT2 = {"ln_1": "ln_1", "attn.c_attn": "attn.c_attn", "attn.c_proj": "attn.c_proj", "ln_2": "ln_2",
+               "mlp.c_fc": "mlp.c_fc", "mlp.c_proj": "mlp.c_proj"}
+LAYERS_NEOX = {"ln_1": "input_layernorm", "attn.c_attn": "attention.query_key_value",
+               "attn.c_proj": "attention.dense", "ln_2": "post_attention_layernorm",
+               "mlp.c_fc": "mlp.dense_h_to_4h", "mlp.c_proj": "mlp.dense_4h_to_h"}
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+"""GPT-2's ``Conv1D`` layers: weights stored ``[in, out]``, the transpose of a Linear's."""
+
+
+def weight_map(cfg: TransformerConfig) -> list[tuple[str, str, str]]:
+    """``(lmforge name, transformers name, layout)`` for every weight the stock family stores --
+    the one table export and import (``lm.hf_import``) both read. ``layout``: ``plain``,
+    ``transpose`` (GPT-2's Conv1D) or ``per_head`` (NeoX's fused q|k|v rows). A bias the stock
+    family has and a bias-free lmforge model lacks is listed too: it exports as zeros."""
+    gpt2 = cfg.pos_emb == "learned"
+    pairs = [("wte.weight", "transformer.wte.weight" if gpt2 else "gpt_neox.embed_in.weight", "plain")]
+    if gpt2:
+        pairs.append(("wpe.weight", "transformer.wpe.weight", "plain"))
+    for i in range(cfg.n_layer):
+        h = f"transformer.h.{i}." if gpt2 else f"gpt_neox.layers.{i}."
+        for ours, theirs in (LAYERS_GPT2 if gpt2 else LAYERS_NEOX).items():
+            for kind in ("weight", "bias"):
+                if kind == "bias" and not gpt2 and ours.startswith("attn.") and not cfg.bias:
+                    continue  # NeoX's attention_bias follows the model's; its MLP and norms always have biases
+                layout = "plain"
+                if gpt2 and f"{ours}.{kind}" in CONV1D:
+                    layout = "transpose"
+                elif not gpt2 and ours == "attn.c_attn":
+                    layout = "per_head"
+                pairs.append((f"blocks.{i}.{ours}.{kind}", f"{h}{theirs}.{kind}", layout))
+    final = "transformer.ln_f." if gpt2 else "gpt_neox.final_layer_norm."
+    pairs += [("ln_f.weight", final + "weight", "plain"), ("ln_f.bias", final + "bias", "plain")]
+    if not cfg.tie_weights:
+        pairs.append(("lm_head.weight", "lm_head.weight" if gpt2 else "embed_out.weight", "plain"))
+    return pairs
+
+
+def to_layout(t: torch.Tensor, layout: str, heads: int) -> torch.Tensor:
+    """An lmforge tensor in the stock family's layout."""
+    if layout == "transpose":
+        return t.t()
+    if layout == "per_head":  # lmforge's rows are [q|k|v, head, dim]; NeoX's [head, q|k|v, dim]
+        return t.reshape(3, heads, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+    return t
+
+
+def from_layout(t: torch.Tensor, layout: str, heads: int) -> torch.Tensor:
+    """A stock-family tensor back in lmforge's layout (``to_layout`` inverted)."""
+    if layout == "transpose":
+        return t.t()
+    if layout == "per_head":
+        return t.reshape(heads, 3, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+    return t
+
+
 def hf_state_dict(state: dict[str, torch.Tensor], cfg: TransformerConfig) -> dict[str, torch.Tensor]:
     """lmforge's weights under the stock family's names and layouts (contiguous fp32 copies)."""
-    out: dict[str, torch.Tensor] = {}
-
-    def bias(name: str, size: int) -> torch.Tensor:
-        return state[name] if name in state else torch.zeros(size)
-
-    E, F = cfg.n_embd, cfg.mlp_ratio * cfg.n_embd
-    gpt2 = cfg.pos_emb == "learned"
-    if gpt2:
-        out["transformer.wte.weight"] = state["wte.weight"]
-        out["transformer.wpe.weight"] = state["wpe.weight"]
-    else:
-        out["gpt_neox.embed_in.weight"] = state["wte.weight"]
-    for i in range(cfg.n_layer):
-        p = f"blocks.{i}."
-        qkv_w, qkv_b = state[p + "attn.c_attn.weight"], bias(p + "attn.c_attn.bias", 3 * E)
-        if gpt2:
-            h = f"transformer.h.{i}."
-            out |= {
-                h + "ln_1.weight": state[p + "ln_1.weight"], h + "ln_1.bias": bias(p + "ln_1.bias", E),
-                h + "attn.c_attn.weight": qkv_w.t(), h + "attn.c_attn.bias": qkv_b,
-                h + "attn.c_proj.weight": state[p + "attn.c_proj.weight"].t(),
-                h + "attn.c_proj.bias": bias(p + "attn.c_proj.bias", E),
-                h + "ln_2.weight": state[p + "ln_2.weight"], h + "ln_2.bias": bias(p + "ln_2.bias", E),
-                h + "mlp.c_fc.weight": state[p + "mlp.c_fc.weight"].t(), h + "mlp.c_fc.bias": bias(p + "mlp.c_fc.bias", F),
-                h + "mlp.c_proj.weight": state[p + "mlp.c_proj.weight"].t(),
-                h + "mlp.c_proj.bias": bias(p + "mlp.c_proj.bias", E),
-            }
-            continue
-        h = f"gpt_neox.layers.{i}."
-        out |= {
-            h + "input_layernorm.weight": state[p + "ln_1.weight"], h + "input_layernorm.bias": bias(p + "ln_1.bias", E),
-            h + "attention.query_key_value.weight": _per_head(qkv_w, cfg.n_head),
-            h + "attention.dense.weight": state[p + "attn.c_proj.weight"],
-            h + "post_attention_layernorm.weight": state[p + "ln_2.weight"],
-            h + "post_attention_layernorm.bias": bias(p + "ln_2.bias", E),
-            h + "mlp.dense_h_to_4h.weight": state[p + "mlp.c_fc.weight"],
-            h + "mlp.dense_h_to_4h.bias": bias(p + "mlp.c_fc.bias", F),
-            h + "mlp.dense_4h_to_h.weight": state[p + "mlp.c_proj.weight"],
-            h + "mlp.dense_4h_to_h.bias": bias(p + "mlp.c_proj.bias", E),
-        }
-        if cfg.bias:
-            out[h + "attention.query_key_value.bias"] = _per_head(qkv_b, cfg.n_head)
-            out[h + "attention.dense.bias"] = state[p + "attn.c_proj.bias"]
-    final = "transformer.ln_f." if gpt2 else "gpt_neox.final_layer_norm."
-    out[final + "weight"], out[final + "bias"] = state["ln_f.weight"], bias("ln_f.bias", E)
-    if not cfg.tie_weights:
-        out["lm_head.weight" if gpt2 else "embed_out.weight"] = state["lm_head.weight"]
-    return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in out.items()}
-
-
-def _per_head(fused: torch.Tensor, heads: int) -> torch.Tensor:
-    """A fused q|k|v projection's rows regrouped from lmforge's ``[q|k|v, head, dim]`` to
-    GPT-NeoX's ``[head, q|k|v, dim]``."""
-    dim = fused.shape[0] // (3 * heads)
-    return fused.reshape(3, heads, dim, *fused.shape[1:]).transpose(0, 1).reshape(fused.shape)
+    out = {}
+    for ours, theirs, layout in weight_map(cfg):
+        if ours in state:
+            t = state[ours]
+        else:  # a bias this model has none of: its weight's rows (a LayerNorm's: its size) of zeros
+            t = torch.zeros(state[ours.removesuffix("bias") + "weight"].shape[0])
+        out[theirs] = to_layout(t, layout, cfg.n_head).detach().to(torch.float32).contiguous().clone()
+    return out
 
 
 def export_hf(model: torch.nn.Module, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:

@@ -91,68 +91,28 @@ def lmforge_config(hf: dict[str, Any]) -> TransformerConfig:
 
 
 def lmforge_state(hf: dict[str, torch.Tensor], cfg: TransformerConfig) -> dict[str, torch.Tensor]:
-    """The transformers weights under lmforge's names (``lm.hf_export.hf_state_dict`` inverted)."""
-    from lm.hf_export import hf_state_dict
+    """The transformers weights under lmforge's names (``lm.hf_export.weight_map`` read
+    backwards). A stock bias that a bias-free lmforge model has no place for must be zero --
+    else the model would compute something else, and is refused."""
+    from lm.hf_export import from_layout, weight_map
 
-    names = hf_state_dict(_zeros_like_lmforge(cfg), cfg)  # the HF name of every lmforge weight, via the exporter
-    gpt2 = cfg.pos_emb == "learned"
+    with torch.device("meta"):
+        expected = build_model(cfg).state_dict()
     out: dict[str, torch.Tensor] = {}
-    for ours, theirs in _name_pairs(cfg).items():
-        key = next((k for k in (theirs, theirs.removeprefix("transformer.")) if k in hf), theirs)
-        _require(key in hf, f"weight {theirs!r} is missing from the checkpoint")
+    for ours, theirs, layout in weight_map(cfg):
+        key = next((k for k in (theirs, theirs.removeprefix("transformer.")) if k in hf), None)
+        _require(key is not None, f"weight {theirs!r} is missing from the checkpoint")
         tensor = hf[key]
-        _require(tuple(tensor.shape) == tuple(names[theirs].shape),
-                 f"weight {theirs!r} has shape {tuple(tensor.shape)}, expected {tuple(names[theirs].shape)}")
-        if gpt2 and theirs.endswith(".weight") and any(m in theirs for m in ("c_attn", "c_proj", "c_fc")):
-            tensor = tensor.t()
-        elif not gpt2 and "query_key_value" in theirs:
-            tensor = _from_per_head(tensor, cfg.n_head)
+        if ours not in expected:
+            _require(not tensor.any(), f"{theirs} is not zero, and a model with bias = false has no place for it")
+            continue
+        tensor = from_layout(tensor, layout, cfg.n_head)
+        _require(tuple(tensor.shape) == tuple(expected[ours].shape),
+                 f"weight {theirs!r} has shape {tuple(hf[key].shape)}, not what config.json implies")
         out[ours] = tensor.to(torch.float32).contiguous()
     if cfg.tie_weights:
         out["lm_head.weight"] = out["wte.weight"]
     return out
-
-
-def _zeros_like_lmforge(cfg: TransformerConfig) -> dict[str, torch.Tensor]:
-    with torch.device("meta"):
-        model = build_model(cfg)
-    return {k: torch.zeros(v.shape) for k, v in model.state_dict().items()}
-
-
-def _name_pairs(cfg: TransformerConfig) -> dict[str, str]:
-    """lmforge name -> transformers name, for every stored weight."""
-    gpt2 = cfg.pos_emb == "learned"
-    pairs = {"wte.weight": "transformer.wte.weight" if gpt2 else "gpt_neox.embed_in.weight"}
-    if gpt2:
-        pairs["wpe.weight"] = "transformer.wpe.weight"
-    for i in range(cfg.n_layer):
-        p = f"blocks.{i}."
-        if gpt2:
-            h = f"transformer.h.{i}."
-            local = {"ln_1": "ln_1", "attn.c_attn": "attn.c_attn", "attn.c_proj": "attn.c_proj", "ln_2": "ln_2",
-                     "mlp.c_fc": "mlp.c_fc", "mlp.c_proj": "mlp.c_proj"}
-        else:
-            h = f"gpt_neox.layers.{i}."
-            local = {"ln_1": "input_layernorm", "attn.c_attn": "attention.query_key_value",
-                     "attn.c_proj": "attention.dense", "ln_2": "post_attention_layernorm",
-                     "mlp.c_fc": "mlp.dense_h_to_4h", "mlp.c_proj": "mlp.dense_4h_to_h"}
-        for ours, theirs in local.items():
-            pairs[p + ours + ".weight"] = h + theirs + ".weight"
-            if cfg.bias:
-                pairs[p + ours + ".bias"] = h + theirs + ".bias"
-    final = "transformer.ln_f." if gpt2 else "gpt_neox.final_layer_norm."
-    pairs["ln_f.weight"] = final + "weight"
-    if cfg.bias:
-        pairs["ln_f.bias"] = final + "bias"
-    if not cfg.tie_weights:
-        pairs["lm_head.weight"] = "lm_head.weight" if gpt2 else "embed_out.weight"
-    return pairs
-
-
-def _from_per_head(fused: torch.Tensor, heads: int) -> torch.Tensor:
-    """GPT-NeoX's ``[head, q|k|v, dim]`` rows back to lmforge's ``[q|k|v, head, dim]``."""
-    dim = fused.shape[0] // (3 * heads)
-    return fused.reshape(heads, 3, dim, *fused.shape[1:]).transpose(0, 1).reshape(fused.shape)
 
 
 def load_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

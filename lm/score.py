@@ -142,7 +142,8 @@ class ScoreJob:
             self._firsts.append(max(n, 1) - 1)
         self._out = [torch.zeros(len(t), dtype=torch.float64) for _, t in self.pairs]
         self.top = top
-        self._top = [(torch.zeros(len(t), top), torch.zeros(len(t), top, dtype=torch.long)) for _, t in self.pairs]
+        self._top = [(torch.zeros(len(t), top), torch.zeros(len(t), top, dtype=torch.long)) for _, t in self.pairs
+                     ] if top else []  # each sequence's (log-probabilities, ids), only when asked for
         if size is None:
             self.cost = sum(len(x) for x, _ in self.pairs)
             self._work = self._recurrent(batch_size)
@@ -168,6 +169,8 @@ class ScoreJob:
     def top_result(self) -> list[list[Alternatives]]:
         """Each sequence's alternatives per scored token (aligned with ``result()``)."""
         self.result()
+        if not self.top:
+            return [[] for _ in self._firsts]
         return [[tuple(zip(i, v, strict=True)) for i, v in zip(ids[first:].tolist(), values[first:].tolist(), strict=True)]
                 for (values, ids), first in zip(self._top, self._firsts, strict=True)]
 
@@ -213,20 +216,22 @@ class ScoreJob:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             state = None
             nll = torch.empty(len(batch), width, dtype=torch.float64)
-            tops = (torch.empty(len(batch), width, self.top), torch.empty(len(batch), width, self.top, dtype=torch.long))
+            tops = (torch.empty(len(batch), width, self.top),
+                    torch.empty(len(batch), width, self.top, dtype=torch.long)) if self.top else None
             for start in range(0, width, RNN_CHUNK):
                 cut = slice(start, start + RNN_CHUNK)
                 chunk, state, top = _nll(self.model, inputs[:, cut], targets[:, cut], state, self.top)
                 nll[:, cut] = chunk.double().cpu()
-                if top is not None:
+                if top is not None and tops is not None:
                     for mine, theirs in zip(tops, top, strict=True):
                         mine[:, cut] = theirs.cpu()
                 yield
             for r, i in enumerate(batch):
                 n = len(pairs[i][1])
                 self._out[i][:] = nll[r, :n]
-                for mine, theirs in zip(self._top[i], tops, strict=True):
-                    mine[:] = theirs[r, :n]
+                if tops is not None:
+                    for mine, theirs in zip(self._top[i], tops, strict=True):
+                        mine[:] = theirs[r, :n]
 
 
 def _nll(model: nn.Module, inputs: Tensor, targets: Tensor, state, top: int = 0, **kw):  # noqa: ANN001, ANN202

@@ -34,8 +34,9 @@ from service.settings import Settings
 
 OPENAI_NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "num_beams": "best_of"}
 MAX_STOP = 4
-DEFAULT_BEAMS = 4
-"""``use_beam_search`` without ``best_of``: this many beams (at least ``n``, within the limits)."""
+DEFAULT_BEAMS = GenerationParams().num_beams
+"""The engine's default beam width: ``use_beam_search`` without ``best_of`` (at least ``n``), and
+``/v1/generate``'s beam search without ``num_beams``, within the server's limits."""
 DEFAULT_MAX_TOKENS = 16
 """OpenAI's ``max_tokens`` when a request leaves it out."""
 

@@ -26,7 +26,7 @@ from lm.decoding.params import (
     ParamError,
     TokenEvent,
 )
-from lm.decoding.streaming import candidate_piece, token_pieces
+from lm.decoding.streaming import candidate_pieces, token_pieces
 from lm.score import ScoreJob
 from service.errors import APIError, error_body
 from service.registry import ServedModel
@@ -356,11 +356,12 @@ def top_maps(served: ServedModel, before: Sequence[int], ids: Sequence[int], pie
         entry: dict[str, float] | None = None
         if lp is not None:
             entry = {}
-            for alt, value in top:
-                v = finite(value)
-                if v is not None and alt != token:
-                    entry.setdefault(candidate_piece(tokenizer, seq, alt), v)
-                elif v is not None:
+            alternatives = [(alt, v) for alt, value in top if (v := finite(value)) is not None]
+            texts = iter(candidate_pieces(tokenizer, seq, [alt for alt, _ in alternatives if alt != token]))
+            for alt, v in alternatives:
+                if alt != token:
+                    entry.setdefault(next(texts), v)
+                else:
                     entry[piece] = lp  # in its place among the likeliest (over one that reads the same)
             entry[piece] = lp  # the chosen token's own, always (appended when not among them)
         out.append(entry)

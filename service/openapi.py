@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from service.completion_plan import DEFAULT_MAX_TOKENS
+from service.completion_plan import DEFAULT_BEAMS, DEFAULT_MAX_TOKENS
 from service.completion_plan import MAX_STOP as MAX_COMPLETION_STOP
 from service.registry import ServedModel
 from service.routes.generate import MAX_STOP as MAX_GENERATE_STOP
@@ -34,8 +34,20 @@ def _branch(prop: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
+def _prop(schema: dict[str, Any], model: str, field: str) -> dict[str, Any] | None:
+    """The schema of body ``model``'s property ``field`` (None if there is none)."""
+    return schema["components"]["schemas"].get(model, {}).get("properties", {}).get(field)
+
+
+def _default(schema: dict[str, Any], model: str, field: str, value: Any) -> None:  # noqa: ANN401
+    """Document the default the server uses (a default kept within the server's limit)."""
+    prop = _prop(schema, model, field)
+    if prop is not None:
+        prop["default"] = value
+
+
 def _bound(schema: dict[str, Any], model: str, field: str, kind: str, **bounds: Any) -> None:
-    prop = schema["components"]["schemas"].get(model, {}).get("properties", {}).get(field)
+    prop = _prop(schema, model, field)
     part = None if prop is None else _branch(prop, kind)
     if part is not None:
         part.update(bounds)
@@ -99,9 +111,7 @@ def live_schema(schema: dict[str, Any], settings: Settings, models: ModelFacts |
     non_empty = {"minLength": 1}
     _bound(schema, "GenerateRequest", "max_new_tokens", "integer", maximum=settings.max_new_tokens)
     _bound(schema, "GenerateRequest", "num_beams", "integer", maximum=beams)
-    width = schema["components"]["schemas"].get("GenerateRequest", {}).get("properties", {}).get("num_beams")
-    if width is not None:
-        width["default"] = min(width.get("default", beams), beams)
+    _default(schema, "GenerateRequest", "num_beams", min(DEFAULT_BEAMS, beams))
     _bound(schema, "GenerateRequest", "num_return_sequences", "integer", maximum=sequences)
     _bound(schema, "GenerateRequest", "prompts", "array", minItems=1, maxItems=settings.max_prompts)
     _bound(schema, "GenerateRequest", "top_p", "number", exclusiveMinimum=0)
@@ -109,9 +119,7 @@ def live_schema(schema: dict[str, Any], settings: Settings, models: ModelFacts |
     _bound(schema, "GenerateRequest", "stop", "array", maxItems=MAX_GENERATE_STOP, items={"type": "string", **non_empty})
     _bound(schema, "GenerateRequest", "stop", "string", **non_empty)
     _bound(schema, "CompletionRequest", "max_tokens", "integer", maximum=settings.max_new_tokens)
-    completion_tokens = schema["components"]["schemas"].get("CompletionRequest", {}).get("properties", {}).get("max_tokens")
-    if completion_tokens is not None:
-        completion_tokens["default"] = min(DEFAULT_MAX_TOKENS, settings.max_new_tokens)
+    _default(schema, "CompletionRequest", "max_tokens", min(DEFAULT_MAX_TOKENS, settings.max_new_tokens))
     _bound(schema, "CompletionRequest", "n", "integer", maximum=sequences)
     _bound(schema, "CompletionRequest", "best_of", "integer", maximum=beams)
     _bound(schema, "CompletionRequest", "top_p", "number", exclusiveMinimum=0)
@@ -124,8 +132,7 @@ def live_schema(schema: dict[str, Any], settings: Settings, models: ModelFacts |
     _bound(schema, "ChatRequest", "top_p", "number", exclusiveMinimum=0)
     _bound(schema, "ChatRequest", "stop", "array", maxItems=MAX_COMPLETION_STOP, items={"type": "string", **non_empty})
     _bound(schema, "ChatRequest", "stop", "string", **non_empty)
-    prompt = schema["components"]["schemas"].get("CompletionRequest", {}).get("properties", {}).get("prompt", {})
-    for branch in prompt.get("anyOf", []):  # several prompts, or one prompt's token ids
+    for branch in (_prop(schema, "CompletionRequest", "prompt") or {}).get("anyOf", []):  # several prompts, or one prompt's token ids
         if branch.get("type") == "array":
             items = branch.get("items", {})
             single = items.get("type") == "integer"
@@ -150,7 +157,7 @@ def _relations(schema: dict[str, Any], settings: Settings, beams: int) -> None:
     bodies = schema["components"]["schemas"]
     generate = bodies.get("GenerateRequest")
     if generate is not None:
-        rules = _beam_rules("strategy", "num_beams", "num_return_sequences", beams, min(4, beams))
+        rules = _beam_rules("strategy", "num_beams", "num_return_sequences", beams, min(DEFAULT_BEAMS, beams))
         generate["allOf"] = [*generate.get("allOf", []), rules]
     completion = bodies.get("CompletionRequest")
     if completion is not None:

@@ -122,7 +122,10 @@ def test_an_alternative_reads_as_it_would_in_the_text(kind: str, tmp_path) -> No
     """Word and sentencepiece tokenizers space tokens by their neighbours: an alternative's
     text is what it would add after the tokens before it, and a byte token that is only part of
     a character reads as its byte, OpenAI's way."""
-    from lm.decoding.streaming import candidate_piece, piece_bytes
+    from lm.decoding.streaming import candidate_pieces, piece_bytes
+
+    def candidate_piece(tok, before, token):  # noqa: ANN001, ANN202
+        return candidate_pieces(tok, before, [token])[0]
     from tokenizer import train_tokenizer
 
     corpus = tmp_path / "c.txt"

@@ -83,10 +83,10 @@ class HFTokenizer(Tokenizer):
         """``hf`` is a ``tokenizers.Tokenizer``; ``vocab_size`` the model's, when its embedding
         is padded past the tokenizer's ids (those extra ids decode to nothing)."""
         self._hf = hf
-        own = hf.get_vocab_size(with_added_tokens=True)
-        if vocab_size is not None and vocab_size < own:
-            raise TokenizerError(f"the tokenizer has {own} tokens, more than the model's {vocab_size}")
-        self._vocab_size = vocab_size or own
+        self._own = hf.get_vocab_size(with_added_tokens=True)
+        if vocab_size is not None and vocab_size < self._own:
+            raise TokenizerError(f"the tokenizer has {self._own} tokens, more than the model's {vocab_size}")
+        self._vocab_size = vocab_size or self._own
         for name in SPECIAL_NAMES:
             value = specials.get(name)
             if not isinstance(value, int) or not 0 <= value < self._vocab_size:
@@ -103,8 +103,9 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         check_ids(ids, self._vocab_size)
-        own = self._hf.get_vocab_size(with_added_tokens=True)
-        return self._hf.decode([i for i in ids if i < own], skip_special_tokens=False)
+        if self._vocab_size > self._own:  # a padded embedding: its extra ids decode to nothing
+            ids = [i for i in ids if i < self._own]
+        return self._hf.decode(list(ids), skip_special_tokens=False)
 
     def token_text(self, token_id: int) -> str:
         """The token's own name in the vocabulary (``<|endoftext|>``)."""

@@ -128,22 +128,25 @@ def token_pieces(tokenizer: Decoder, context_ids: Sequence[int], ids: Sequence[i
     return out
 
 
-def candidate_piece(tokenizer: Decoder, before: Sequence[int], token_id: int) -> str:
-    """The text ``token_id`` would add after ``before`` (decoded in the window of its last few
-    tokens, as ``TextStream`` decodes): an alternative's text in ``top_logprobs``. A token that
-    only starts a character has no text of its own: it reads as its bytes, OpenAI's way
-    (``bytes:\\xe2``), so two such alternatives stay apart."""
+def candidate_pieces(tokenizer: Decoder, before: Sequence[int], token_ids: Sequence[int]) -> list[str]:
+    """The text each of ``token_ids`` would add after ``before`` (decoded in the window of its
+    last few tokens, as ``TextStream`` decodes, the window's own text decoded once): the
+    alternatives' texts in ``top_logprobs``. A token that only starts a character has no text of
+    its own: it reads as its bytes, OpenAI's way (``bytes:\\xe2``), so two such stay apart."""
     window = list(before[-PROMPT_CONTEXT:]) if PROMPT_CONTEXT else []
     base = tokenizer.decode(window).rstrip(REPLACEMENT)  # a character it may complete is its own
-    text = tokenizer.decode([*window, token_id])
-    piece = text[len(base):] if text.startswith(base) else tokenizer.decode([token_id])
-    if (not piece or piece.endswith(REPLACEMENT)) and hasattr(tokenizer, "token_bytes"):
-        raw = tokenizer.token_bytes(token_id)
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:  # part of a character
-            return BYTES_PREFIX + "".join(f"\\x{b:02x}" for b in raw)
-    return piece
+    out = []
+    for token_id in token_ids:
+        text = tokenizer.decode([*window, token_id])
+        piece = text[len(base):] if text.startswith(base) else tokenizer.decode([token_id])
+        if (not piece or piece.endswith(REPLACEMENT)) and hasattr(tokenizer, "token_bytes"):
+            raw = tokenizer.token_bytes(token_id)
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:  # part of a character
+                piece = BYTES_PREFIX + "".join(f"\\x{b:02x}" for b in raw)
+        out.append(piece)
+    return out
 
 
 def piece_bytes(piece: str) -> bytes:

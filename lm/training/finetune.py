@@ -80,18 +80,18 @@ def chat_template(source: Path | None, resumed: Path | None) -> ChatTemplate | N
     return None
 
 
-def fallback_fraction(tokenizer: Tokenizer, tokens: np.ndarray) -> float:
-    """The share of ``tokens`` that the tokenizer could only spell with its fallback (byte
+def fallback_fraction(tokens: np.ndarray, fallback: tuple[int, ...]) -> float:
+    """The share of ``tokens`` that are ``fallback`` ids (``Tokenizer.fallback_ids``: byte
     tokens, or ``<unk>``): how much of a new corpus the checkpoint's vocabulary did not cover."""
     if not len(tokens):
         return 0.0
-    fallback = np.asarray(tokenizer.fallback_ids(), dtype=np.int64)
-    return float(np.isin(tokens, fallback).mean())
+    return float(np.isin(tokens, np.asarray(fallback, dtype=np.int64)).mean())
 
 
 def report_fallback(tokenizer: Tokenizer, tokens: np.ndarray) -> float:
-    share = fallback_fraction(tokenizer, tokens)
-    how = "byte tokens" if len(tokenizer.fallback_ids()) > 1 else "<unk>"
+    fallback = tokenizer.fallback_ids()
+    share = fallback_fraction(tokens, fallback)
+    how = "byte tokens" if len(fallback) > 1 else "<unk>"
     log.info("fine-tuning: %.2f%% of the new corpus's training tokens are %s (text the checkpoint's "
              "tokenizer has no piece for)", 100 * share, how)
     return share

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, Any, get_args
 
@@ -34,12 +35,14 @@ class RequestBody(BaseModel):
     def _integral_floats(cls, data: Any) -> Any:  # noqa: ANN401 -- whatever JSON the client sent
         if not isinstance(data, dict):
             return data
-        out = dict(data)
-        for name, value in data.items():
-            info = cls.model_fields.get(name)
-            if info is not None and not _mentions_float(info.annotation):
-                out[name] = _integral(value)
-        return out
+        integers = _integer_fields(cls)
+        return {name: _integral(value) if name in integers else value for name, value in data.items()}
+
+
+@functools.cache
+def _integer_fields(cls: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``cls`` whose type has no float in it (read once per class, not per request)."""
+    return frozenset(name for name, info in cls.model_fields.items() if not _mentions_float(info.annotation))
 
 
 def _mentions_float(annotation: Any) -> bool:  # noqa: ANN401
