@@ -108,7 +108,7 @@ def plan(body: CompletionRequest, request: Request, registry: ModelRegistry, set
     options: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": (*extra_stop, *stop), "logit_bias": logit_bias(body.logit_bias),
                                "top_logprobs": logprobs or 0}
     if body.use_beam_search:
-        width = max(n, min(DEFAULT_BEAMS, settings.max_num_beams, settings.max_batch_rows))
+        width = max(n, min(DEFAULT_BEAMS, settings.beam_limit))
         options.update(strategy="beam", num_beams=body.best_of or width, num_return_sequences=n,
                        length_penalty=body.length_penalty, early_stopping=body.early_stopping)
     elif greedy:

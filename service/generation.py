@@ -26,7 +26,7 @@ from lm.decoding.params import (
     ParamError,
     TokenEvent,
 )
-from lm.decoding.streaming import candidate_pieces, token_pieces
+from lm.decoding.streaming import PROMPT_CONTEXT, candidate_pieces, token_pieces
 from lm.score import ScoreJob
 from service.errors import APIError, error_body
 from service.registry import ServedModel
@@ -350,7 +350,7 @@ def top_maps(served: ServedModel, before: Sequence[int], ids: Sequence[int], pie
     chosen token has no log-probability (a first token with no text start). Two alternatives
     that read the same keep the likelier."""
     tokenizer = served.pipeline.tokenizer
-    seq = list(before)
+    seq = list(before[-PROMPT_CONTEXT:])  # the window an alternative is read in (not the whole context)
     out: list[dict[str, float] | None] = []
     for token, piece, lp, top in zip(ids, pieces, lps, tops, strict=True):
         entry: dict[str, float] | None = None

@@ -106,8 +106,7 @@ def _beam_rules(strategy_field: str | None, width: str, count: str, beams: int, 
 
 def live_schema(schema: dict[str, Any], settings: Settings, models: ModelFacts | None = None) -> dict[str, Any]:
     """``schema`` with the live limits and models written in (changed in place and returned)."""
-    beams = min(settings.max_num_beams, settings.max_batch_rows)
-    sequences = min(settings.max_return_sequences, settings.max_batch_rows)
+    beams, sequences = settings.beam_limit, settings.sequence_limit
     non_empty = {"minLength": 1}
     _bound(schema, "GenerateRequest", "max_new_tokens", "integer", maximum=settings.max_new_tokens)
     _bound(schema, "GenerateRequest", "num_beams", "integer", maximum=beams)
@@ -145,15 +144,16 @@ def live_schema(schema: dict[str, Any], settings: Settings, models: ModelFacts |
         if body is not None:  # exactly one of the two (null counts as absent)
             body["oneOf"] = [{"required": [a], "properties": {a: {"not": {"type": "null"}}, b: {"type": "null"}}}
                              for a, b in ((one, many), (many, one))]
-    _relations(schema, settings, beams)
+    _relations(schema, settings)
     if models is not None and models.names:
         _models(schema, models)
     return schema
 
 
-def _relations(schema: dict[str, Any], settings: Settings, beams: int) -> None:
+def _relations(schema: dict[str, Any], settings: Settings) -> None:
     """Beam search's ``n <= num_beams``, and completions' ``best_of``: ``n`` itself, or with
     ``use_beam_search`` a width of at least ``n`` (by default ``max(n, 4)``, within the limits)."""
+    beams = settings.beam_limit
     bodies = schema["components"]["schemas"]
     generate = bodies.get("GenerateRequest")
     if generate is not None:
@@ -161,7 +161,7 @@ def _relations(schema: dict[str, Any], settings: Settings, beams: int) -> None:
         generate["allOf"] = [*generate.get("allOf", []), rules]
     completion = bodies.get("CompletionRequest")
     if completion is not None:
-        sequences = min(settings.max_return_sequences, settings.max_batch_rows)
+        sequences = settings.sequence_limit
         plain = [{"properties": {"best_of": {"const": n}, "n": {"const": n}}, "required": ["best_of", "n"]}
                  for n in range(1, min(sequences, beams) + 1)]
         plain.append({"properties": {"best_of": {"const": 1}}, "not": {"required": ["n"]}, "required": ["best_of"]})

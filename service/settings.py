@@ -91,6 +91,16 @@ class Settings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @property
+    def beam_limit(self) -> int:
+        """The widest beam search a request can get: ``max_num_beams``, within a batch's rows."""
+        return min(self.max_num_beams, self.max_batch_rows)
+
+    @property
+    def sequence_limit(self) -> int:
+        """The most sequences per prompt: ``max_return_sequences``, within a batch's rows."""
+        return min(self.max_return_sequences, self.max_batch_rows)
+
 
 def get_settings(request: Request) -> Settings:
     """The app's settings; a dependency so tests can override it."""

@@ -205,17 +205,20 @@ async def deltas(p: Plan, submission: Submission, request: Request, settings: Se
                         lp = logprobs_block(p.prompt_pieces[prompt_index], p.prompt_logprobs[prompt_index], 0,
                                             p.prompt_tops[prompt_index] if p.logprobs else None)
                     yield Delta(index, echoed, lp)
+        tokens_wanted = p.logprobs is not None  # token texts only for logprobs: no second detokenizer else
         async for prompt_index, event in events_until_done(submission, request, settings):
             key = (prompt_index, event.index)
-            if key not in aligners:
+            aligner = aligners.get(key)
+            if aligner is None and tokens_wanted:
                 context, _ = p.served.pipeline.context.frame(p.prompts[prompt_index].ids)
-                aligners[key] = PieceAligner(p.served.pipeline.tokenizer, context)
+                aligner = aligners[key] = PieceAligner(p.served.pipeline.tokenizer, context)
                 read[key] = list(context)
-            aligner = aligners[key]
             first = indexes(*key)[0]
             if isinstance(event, TokenEvent):
-                released = offsets[first] - starts[first] + len(event.text)
-                pieces = aligner.push(event.token_id, (event.token_id, event.logprob, event.top), released)
+                pieces = []
+                if aligner is not None:
+                    released = offsets[first] - starts[first] + len(event.text)
+                    pieces = aligner.push(event.token_id, (event.token_id, event.logprob, event.top), released)
                 for delta in emit(*key, event.text, pieces):
                     yield delta
             elif isinstance(event, FinishEvent):
@@ -223,11 +226,12 @@ async def deltas(p: Plan, submission: Submission, request: Request, settings: Se
                 completion_tokens += len(c.token_ids) * p.repeat
                 text = event.text
                 if p.params.strategy == "beam":  # a beam's text is known only when the search ends
-                    tops = c.top_logprobs or [()] * len(c.token_ids)
-                    for token_id, logprob, top in zip(c.token_ids, c.logprobs, tops, strict=True):
-                        aligner.push(token_id, (token_id, logprob, top), 0)
                     text = c.text
-                pieces = aligner.finish(len(c.text))
+                    if aligner is not None:
+                        tops = c.top_logprobs or [()] * len(c.token_ids)
+                        for token_id, logprob, top in zip(c.token_ids, c.logprobs, tops, strict=True):
+                            aligner.push(token_id, (token_id, logprob, top), 0)
+                pieces = aligner.finish(len(c.text)) if aligner is not None else []
                 for delta in emit(*key, text, pieces, finish=finish_reason(c)):
                     yield delta
         prompt_tokens = sum(len(x.ids) for x in p.prompts)

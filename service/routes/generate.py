@@ -65,7 +65,7 @@ def prepare(body: GenerateRequest, request: Request, registry: ModelRegistry, se
     if options["max_new_tokens"] is None:
         options["max_new_tokens"] = min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens)
     if "num_beams" not in body.model_fields_set:  # the engine's default width, within this server's limits
-        options["num_beams"] = min(options["num_beams"], settings.max_num_beams, settings.max_batch_rows)
+        options["num_beams"] = min(options["num_beams"], settings.beam_limit)
     check_decoding_limits(settings, options)
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
     if len(stop) > MAX_STOP or any(not s for s in stop):

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
 
 from lm.decoding.params import ParamError
 from service.deps import RegistryDep, SettingsDep, resolve_model
@@ -20,6 +19,7 @@ from service.schemas.tokenize import (
     TokenizeRequest,
     TokenizeResponse,
     TokenizerInfo,
+    TokenizerInfoQuery,
 )
 from tokenizer import TokenizerError
 
@@ -49,13 +49,6 @@ async def detokenize(body: DetokenizeRequest, registry: RegistryDep, settings: S
         return DetokenizeResponse(prompt=served.pipeline.tokenizer.decode(body.tokens))
     except (TokenizerError, ParamError) as exc:
         raise APIError(422, f"tokens: {exc}", param="tokens", code="invalid_value") from None
-
-
-class TokenizerInfoQuery(BaseModel):
-    """``GET /tokenizer_info``'s query: a parameter it does not know is a 422, not ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str | None = Field(None, max_length=256, description="a name from GET /v1/models")
 
 
 @router.get("/tokenizer_info", response_model=TokenizerInfo, responses=ERROR_RESPONSES)

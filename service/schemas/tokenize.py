@@ -3,7 +3,7 @@ shapes, so evaluation harnesses that tokenize through the server work unchanged)
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas.common import ModelName, RequestBody
 
@@ -47,3 +47,9 @@ class TokenizerInfo(BaseModel):
     unk_token_id: int
     text_start_ids: list[int] = Field(description="what the model reads before every text (add_special_tokens)")
 
+
+class TokenizerInfoQuery(BaseModel):
+    """``GET /tokenizer_info``'s query: a parameter it does not know is a 422, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, max_length=256, description="a name from GET /v1/models")
