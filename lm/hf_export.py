@@ -11,6 +11,9 @@ a stock family whose math is the same, weight for weight:
   residuals (``use_parallel_residual``), the same rotate-half convention and frequencies;
   its fused ``query_key_value`` is laid out per head (``[head, q|k|v, dim]``), so rows are
   regrouped.
+- RMSNorm with a SiLU-gated MLP (and any grouped-query attention) -> **Llama**
+  (``LlamaForCausalLM``): the same rotate-half RoPE; lmforge's fused ``c_attn`` and gated
+  ``c_fc`` are split by rows into ``q/k/v_proj`` and ``gate/up_proj`` (layout ``rows:A:B``).
 
 A model trained without biases gets zero biases where the stock family has them (GPT-2's
 layers, NeoX's MLP and LayerNorms): adding zero changes nothing. Dropout is off (inference).
@@ -36,12 +39,28 @@ from tokenizer import hf as hf_tokenizer
 
 log = logging.getLogger(__name__)
 
-HF_LAYER_NORM_EPS = 1e-5
-"""torch's LayerNorm default, which lmforge's blocks use."""
-
-
 class ExportError(ValueError):
     """A model this exporter cannot write in the transformers format (the message says why)."""
+
+
+def stock_family(cfg: TransformerConfig) -> str:
+    """``gpt2``, ``gpt_neox`` or ``llama``: the stock family with ``cfg``'s math, or
+    ``ExportError`` naming the knob none of them has."""
+    llama_like = cfg.norm == "rmsnorm" or cfg.gated_mlp or cfg.kv_heads != cfg.n_head or cfg.activation == "silu"
+    if not llama_like:
+        if cfg.pos_emb == "learned" and cfg.parallel_residual:
+            raise ExportError("GPT-2 has no parallel residual: a learned-position model with "
+                              "model.parallel_residual = true has no stock transformers counterpart")
+        return "gpt2" if cfg.pos_emb == "learned" else "gpt_neox"
+    refusals = [(cfg.norm != "rmsnorm", "model.norm = layernorm"),
+                (not cfg.gated_mlp, "model.gated_mlp = false"), (cfg.activation != "silu", f"model.activation = {cfg.activation}"),
+                (cfg.pos_emb != "rope", "model.pos_emb = learned"), (cfg.parallel_residual, "model.parallel_residual = true"),
+                (cfg.rotary_fraction != 1.0, f"model.rotary_fraction = {cfg.rotary_fraction}")]
+    wrong = [what for bad, what in refusals if bad]
+    if wrong:
+        raise ExportError("a model with RMSNorm, a gated MLP or grouped-query attention exports as Llama, which "
+                          f"has none of: {', '.join(wrong)} (no stock transformers family matches this model)")
+    return "llama"
 
 
 def hf_config(cfg: TransformerConfig) -> dict:
@@ -49,22 +68,27 @@ def hf_config(cfg: TransformerConfig) -> dict:
     common = {"vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_weights, "bos_token_id": BOS_ID,
               "eos_token_id": EOS_ID, "pad_token_id": PAD_ID, "torch_dtype": "float32"}
     act = "gelu_pytorch_tanh" if cfg.activation == "gelu_tanh" else "gelu"
-    if cfg.pos_emb == "learned":
-        if cfg.parallel_residual:
-            raise ExportError("GPT-2 has no parallel residual: a learned-position model with "
-                              "model.parallel_residual = true has no stock transformers counterpart")
+    family = stock_family(cfg)
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_base}
+    if family == "llama":
+        return {**common, "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": cfg.n_embd,
+                "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+                "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim, "intermediate_size": cfg.mlp_width,
+                "hidden_act": "silu", "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
+                "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "attention_dropout": 0.0, "pretraining_tp": 1,
+                "rope_parameters": rope, "rope_theta": cfg.rope_base, "rope_scaling": None}
+    if family == "gpt2":
         return {**common, "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": cfg.block_size,
                 "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
-                "n_inner": cfg.mlp_ratio * cfg.n_embd, "activation_function": act,
-                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "layer_norm_epsilon": HF_LAYER_NORM_EPS,
+                "n_inner": cfg.mlp_width, "activation_function": act,
+                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "layer_norm_epsilon": cfg.norm_eps,
                 "scale_attn_weights": True}
     return {**common, "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
             "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
-            "intermediate_size": cfg.mlp_ratio * cfg.n_embd, "hidden_act": act,
-            "max_position_embeddings": cfg.block_size, "layer_norm_eps": HF_LAYER_NORM_EPS,
+            "intermediate_size": cfg.mlp_width, "hidden_act": act,
+            "max_position_embeddings": cfg.block_size, "layer_norm_eps": cfg.norm_eps,
             "use_parallel_residual": cfg.parallel_residual, "attention_bias": cfg.bias, "attention_dropout": 0.0,
-            "hidden_dropout": 0.0, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base,
-                                                       "partial_rotary_factor": cfg.rotary_fraction},
+            "hidden_dropout": 0.0, "rope_parameters": {**rope, "partial_rotary_factor": cfg.rotary_fraction},
             "rope_theta": cfg.rope_base, "rotary_pct": cfg.rotary_fraction, "rotary_emb_base": cfg.rope_base}
 
 
@@ -77,11 +101,38 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 """GPT-2's ``Conv1D`` layers: weights stored ``[in, out]``, the transpose of a Linear's."""
 
 
+def llama_weight_map(cfg: TransformerConfig) -> list[tuple[str, str, str]]:
+    """``weight_map`` for Llama: lmforge's fused products split by rows."""
+    q, kv, width = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.mlp_width
+    pairs = [("wte.weight", "model.embed_tokens.weight", "plain")]
+    kinds = ("weight", "bias") if cfg.bias else ("weight",)
+    for i in range(cfg.n_layer):
+        ours, h = f"blocks.{i}.", f"model.layers.{i}."
+        pairs += [(ours + "ln_1.weight", h + "input_layernorm.weight", "plain"),
+                  (ours + "ln_2.weight", h + "post_attention_layernorm.weight", "plain")]
+        for kind in kinds:
+            pairs += [(f"{ours}attn.c_attn.{kind}", f"{h}self_attn.q_proj.{kind}", f"rows:0:{q}"),
+                      (f"{ours}attn.c_attn.{kind}", f"{h}self_attn.k_proj.{kind}", f"rows:{q}:{q + kv}"),
+                      (f"{ours}attn.c_attn.{kind}", f"{h}self_attn.v_proj.{kind}", f"rows:{q + kv}:{q + 2 * kv}"),
+                      (f"{ours}attn.c_proj.{kind}", f"{h}self_attn.o_proj.{kind}", "plain"),
+                      (f"{ours}mlp.c_fc.{kind}", f"{h}mlp.gate_proj.{kind}", f"rows:0:{width}"),
+                      (f"{ours}mlp.c_fc.{kind}", f"{h}mlp.up_proj.{kind}", f"rows:{width}:{2 * width}"),
+                      (f"{ours}mlp.c_proj.{kind}", f"{h}mlp.down_proj.{kind}", "plain")]
+    pairs.append(("ln_f.weight", "model.norm.weight", "plain"))
+    if not cfg.tie_weights:
+        pairs.append(("lm_head.weight", "lm_head.weight", "plain"))
+    return pairs
+
+
 def weight_map(cfg: TransformerConfig) -> list[tuple[str, str, str]]:
     """``(lmforge name, transformers name, layout)`` for every weight the stock family stores --
     the one table export and import (``lm.hf_import``) both read. ``layout``: ``plain``,
-    ``transpose`` (GPT-2's Conv1D) or ``per_head`` (NeoX's fused q|k|v rows). A bias the stock
-    family has and a bias-free lmforge model lacks is listed too: it exports as zeros."""
+    ``transpose`` (GPT-2's Conv1D), ``per_head`` (NeoX's fused q|k|v rows) or ``rows:A:B`` (the
+    stock tensor is rows A to B of lmforge's: Llama's separate q/k/v and gate/up projections). A
+    bias the stock family has and a bias-free lmforge model lacks is listed too: it exports as
+    zeros."""
+    if stock_family(cfg) == "llama":
+        return llama_weight_map(cfg)
     gpt2 = cfg.pos_emb == "learned"
     pairs = [("wte.weight", "transformer.wte.weight" if gpt2 else "gpt_neox.embed_in.weight", "plain")]
     if gpt2:
@@ -111,11 +162,15 @@ def to_layout(t: torch.Tensor, layout: str, heads: int) -> torch.Tensor:
         return t.t()
     if layout == "per_head":  # lmforge's rows are [q|k|v, head, dim]; NeoX's [head, q|k|v, dim]
         return t.reshape(3, heads, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+    if layout.startswith("rows:"):
+        start, end = (int(n) for n in layout.split(":")[1:])
+        return t[start:end]
     return t
 
 
 def from_layout(t: torch.Tensor, layout: str, heads: int) -> torch.Tensor:
-    """A stock-family tensor back in lmforge's layout (``to_layout`` inverted)."""
+    """A stock-family tensor back in lmforge's layout (``to_layout`` inverted; a ``rows`` part
+    stays as it is, and ``lm.hf_import`` puts the parts together)."""
     if layout == "transpose":
         return t.t()
     if layout == "per_head":

@@ -112,31 +112,98 @@ def test_an_imported_pythia_shaped_model_agrees_with_transformers(tmp_path: Path
     assert ours.token_ids == theirs[0, x.shape[1]:].tolist()
 
 
+def sentencepiece_style_tokenizer(directory: Path) -> int:
+    """Llama's kind of tokenizer: a BPE over ``▁``-marked words with byte fallback, whose
+    post-processor puts ``<s>`` before every text."""
+    from tokenizers import SentencePieceBPETokenizer, processors
+
+    tok = SentencePieceBPETokenizer()
+    tok.train_from_iterator([TEXT], vocab_size=300, min_frequency=1, special_tokens=["<unk>", "<s>", "</s>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+    }))
+    return tok.get_vocab_size()
+
+
+@pytest.mark.parametrize(("kv_heads", "tied"), [(2, False), (4, True)], ids=["gqa-untied", "mha-tied"])
+def test_an_imported_llama_agrees_with_transformers(kv_heads: int, tied: bool, tmp_path: Path) -> None:
+    """Llama as SmolLM and TinyLlama configure it: RMSNorm, SwiGLU with an intermediate size that
+    is no multiple of the width, grouped-query attention, a rope_theta of its own; texts start
+    with the ``<s>`` its tokenizer adds."""
+    vocab = sentencepiece_style_tokenizer(tmp_path)
+    torch.manual_seed(3)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # away from the 0.02 init, so greedy decoding does not settle on one token
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    hf.save_pretrained(tmp_path)
+    assert main(["import", str(tmp_path), str(tmp_path / "out")]) == 0
+    pipe = Pipeline.from_checkpoint(tmp_path / "out", device="cpu")
+    c = pipe.config
+    assert (c.norm, c.gated_mlp, c.kv_heads, c.mlp_width, c.rope_base, c.tie_weights) == \
+        ("rmsnorm", True, kv_heads, 172, 100000.0, tied)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours_tok = load_tokenizer(tmp_path / "out")
+    for text in ["the quick brown fox", "a journey of miles ünï €"]:
+        assert [*pipe.context.start, *ours_tok.encode(text)] == hf_tok.encode(text)  # <s> first, as transformers
+        assert ours_tok.decode(ours_tok.encode(text)) == hf_tok.decode(hf_tok.encode(text, add_special_tokens=False))
+    x = torch.tensor([hf_tok.encode("a journey of a thousand")])
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.model(x, None, use_cache=False)[0], hf(x).logits, atol=1e-4, rtol=1e-4)
+    [[ours]] = pipe.generate(["a journey of a thousand"], GenerationParams(max_new_tokens=40, stop_at_eos=False))
+    hf.generation_config.eos_token_id = None  # no stop and no ban on </s>: lmforge's stop_at_eos=False
+    theirs = hf.generate(x, max_new_tokens=40, do_sample=False, pad_token_id=0)
+    hf.generation_config.eos_token_id = 2
+    assert ours.token_ids == theirs[0, x.shape[1]:].tolist()
+    assert len(set(ours.token_ids)) > 3
+    [[beam]] = pipe.generate(["a journey"], GenerationParams(strategy="beam", num_beams=4, max_new_tokens=12))
+    want = hf.generate(torch.tensor([hf_tok.encode("a journey")]), num_beams=4, max_new_tokens=12, do_sample=False,
+                       eos_token_id=2, pad_token_id=0, early_stopping=True)
+    assert beam.token_ids == [t for t in want[0, 3:].tolist() if t != 0]
+
+
 def test_a_roundtrip_through_the_transformers_format_keeps_every_weight(tmp_path: Path) -> None:
     from lm.config import TransformerConfig
     from lm.hf_import import lmforge_config, lmforge_state, load_hf_weights, read_hf_config
     from lm.models import build_model
 
-    for pos, bias, tie in (("rope", False, True), ("rope", True, False), ("learned", True, True)):
+    llama = {"norm": "rmsnorm", "gated_mlp": True, "activation": "silu", "mlp_hidden": 40, "norm_eps": 1e-6}
+    for pos, bias, tie, knobs in (("rope", False, True, {}), ("rope", True, False, {}), ("learned", True, True, {}),
+                                  ("learned", True, True, {"norm_eps": 1e-6, "mlp_hidden": 72}),
+                                  ("rope", False, False, {**llama, "n_kv_head": 1}), ("rope", True, True, llama)):
         torch.manual_seed(1)
         cfg = TransformerConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=32, pos_emb=pos,
-                                bias=bias, tie_weights=tie)
+                                bias=bias, tie_weights=tie, **knobs)
         model = build_model(cfg)
-        where = tmp_path / f"{pos}-{bias}-{tie}"
+        where = tmp_path / f"{pos}-{bias}-{tie}-{len(knobs)}"
         export_hf(model, where)
         back = lmforge_config(read_hf_config(where))
         state = lmforge_state(load_hf_weights(where), back)
         if not bias and pos == "rope":  # exported with zero biases where NeoX has them: those are extra
             assert back.bias is False
+        assert back == cfg
         for name, value in model.state_dict().items():
             assert torch.equal(state[name], value), name
 
 
+LLAMA = {"model_type": "llama", "hidden_act": "silu"}
+
+
 @pytest.mark.parametrize(("change", "named"), [
-    ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, "model_type 'llama'"),
+    ({"model_type": "bloom", "architectures": ["BloomForCausalLM"]}, "model_type 'bloom'"),
     ({"hidden_act": "relu"}, "hidden_act 'relu'"),
     ({"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}}, "rope_type 'linear'"),
-    ({"layer_norm_eps": 1e-6}, "layer_norm_eps"),
+    ({**LLAMA, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope scaling"),
+    ({**LLAMA, "model_type": "mistral", "sliding_window": 4096}, "sliding_window 4096"),
+    ({**LLAMA, "head_dim": 8}, "head_dim 8"),
+    ({**LLAMA, "attention_bias": True}, "attention_bias and mlp_bias differ"),
+    ({"model_type": "llama", "hidden_act": "gelu"}, "hidden_act 'gelu'"),
 ])
 def test_what_lmforge_cannot_compute_is_refused_by_name(change: dict, named: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:

@@ -26,10 +26,15 @@ from tokenizer import CharTokenizer  # noqa: E402
 
 TOK = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz .,\n"))
 PYTHIA = {"parallel_residual": True, "rotary_fraction": 0.25, "activation": "gelu"}
+LLAMA = {"norm": "rmsnorm", "norm_eps": 1e-6, "gated_mlp": True, "activation": "silu", "mlp_hidden": 88,
+         "rope_base": 50000.0}
+LLAMA_GQA = {**LLAMA, "n_kv_head": 2}
 VARIANTS = [  # (positions, biases, tied head, other knobs)
     ("rope", False, True, {}), ("rope", True, False, {}), ("learned", False, True, {}), ("learned", True, False, {}),
     ("rope", True, False, PYTHIA), ("learned", True, True, {"activation": "gelu"}),
+    ("rope", False, False, LLAMA_GQA), ("rope", True, True, LLAMA),
 ]
+KNOB_NAMES = {id(PYTHIA): "-pythia", id(LLAMA): "-llama", id(LLAMA_GQA): "-llama-gqa"}
 
 
 def lmforge_model(pos: str, bias: bool, tie: bool, extra: dict | None = None, block_size: int = 128) -> torch.nn.Module:
@@ -45,8 +50,7 @@ def lmforge_model(pos: str, bias: bool, tie: bool, extra: dict | None = None, bl
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-{'bias' if v[1] else 'nobias'}-"
                                                                f"{'tied' if v[2] else 'untied'}"
-                                                               + ("-pythia" if v[3] == PYTHIA else
-                                                                  "-gelu" if v[3] else ""))
+                                                               + KNOB_NAMES.get(id(v[3]), "-gelu" if v[3] else ""))
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     model = lmforge_model(*request.param)
     out = tmp_path_factory.mktemp("hf")
@@ -257,3 +261,66 @@ def test_the_shipped_char_model_continues_the_same_in_transformers(tmp_path: Pat
     out = hf.generate(ids, max_new_tokens=80, min_new_tokens=80, do_sample=False)
     assert hf_tok.decode(out[0, ids.shape[1]:]) == ours.text
     assert len(ours.text) > 40 and ours.text.strip()
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(lowercase=True), dict(eos_at_newline=False)],
+                         ids=["default", "lowercase", "no-eos"])
+def test_an_exported_word_tokenizer_gives_the_same_ids_and_text_through_autotokenizer(settings: dict,
+                                                                                      tmp_path: Path) -> None:
+    from tokenizer import WordTokenizer
+
+    tok = WordTokenizer(["the", "cat", "sat", "on", "mat", ",", "N", "héllo", "<unk>x"][:8], **settings)
+    model = build_model(TransformerConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    export_hf(model, tmp_path, tok)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    texts = ["the cat sat", "The Cat\nsat on  the\tmat ,\n\nN", "héllo wörld\x1cthe\u3000cat\u2028mat", "the<eos>cat",
+             "<unk> <eos> <pad> on", "  \n", "", "mat\n"]
+    for text in texts:
+        ids = tok.encode(text)
+        assert hf.encode(text, add_special_tokens=False) == ids, text
+        assert hf.decode(ids) == tok.decode(ids), text
+    for ids in ([2, 4, 3, 3, 5, 0, 1, 6, 3], [0, 0], [3, 4, 3]):
+        assert hf.decode(ids) == tok.decode(ids), ids
+    assert (hf.eos_token_id, hf.pad_token_id, hf.unk_token_id) == (tok.eos_id, tok.pad_id, tok.unk_id)
+
+
+def test_what_the_transformers_format_cannot_hold_is_refused_by_name(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from lm.hf_export import ExportError
+    from tokenizer import WordTokenizer
+
+    tok = WordTokenizer(["a", "b"], split_regex=r"\w+|[^\w\s]")
+    model = build_model(TransformerConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    export_hf(model, tmp_path / "regex", tok)  # the model goes; the tokenizer cannot, and a warning says why
+    assert not (tmp_path / "regex" / "tokenizer.json").exists() and "split_regex" in caplog.text
+    grouped = TransformerConfig(vocab_size=40, block_size=16, n_layer=1, n_head=4, n_kv_head=2, n_embd=16)
+    with pytest.raises(ExportError, match="model.norm = layernorm"):  # GQA is Llama's, and Llama has RMSNorm
+        export_hf(build_model(grouped), tmp_path / "gqa")
+    assert not (tmp_path / "gqa").exists()
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_an_exported_sentencepiece_tokenizer_gives_the_same_ids_and_text_through_autotokenizer(
+        kind: str, tmp_path: Path) -> None:
+    """Same ids, same text; for unigram, a piece's name typed in a text is the one documented
+    difference (``tokenizer.hf``), so that text is left to bpe."""
+    import random
+
+    from tokenizer import SentencePieceTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    words = ["the", "king", "and", "queen", "of", "a", "land", "far", "away", "said", "that", "12", "men", "came", "345", "days", "ago"]
+    rng = random.Random(0)
+    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(rng.randrange(1, 14)))
+                                for _ in range(400)), encoding="utf-8")
+    tok = SentencePieceTokenizer.train(kind, [corpus], 300)
+    model = build_model(TransformerConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    export_hf(model, tmp_path / "hf", tok)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = corpus.read_text(encoding="utf-8")
+    texts = ["the king said", "  two  spaces\n\nand lines\n", "digits 2026 and ünïcödé €, 漢字 \U0001f600", "", " ",
+             "thequeen", *(["<eos> in text <0x41><unk>"] if kind == "bpe" else []), *(text[a:a + rng.randrange(200)] for a in rng.sample(range(len(text)), 60))]
+    for t in texts:
+        ids = tok.encode(t)
+        assert hf.encode(t, add_special_tokens=False) == ids, t
+        assert hf.decode(ids) == tok.decode(ids) == t, t

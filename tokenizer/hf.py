@@ -7,7 +7,14 @@ each up; with byte fallback, a character not in the vocabulary becomes its UTF-8
 named ``<0xNN>`` -- exactly lmforge's rule, ids included (specials 0-3, bytes 4-259, then the
 characters). No normaliser and no pre-tokenizer: lmforge's char tokenizer has neither. The
 decoder turns byte tokens back into bytes and joins everything (invalid UTF-8 becomes U+FFFD, as
-in lmforge). Other kinds are refused with a message naming the kind.
+in lmforge).
+
+A word tokenizer is a ``WordLevel`` model over the same ids: line ends become `` <eos> `` (a
+normaliser), the text splits on exactly the characters Python's ``str.split()`` splits on (a
+pre-tokenizer with that character class: Rust's whitespace lacks U+001C-U+001F), and the decoder
+joins words with spaces and ``<eos>`` as a newline, as ``WordTokenizer.decode`` does. A word
+tokenizer with a ``split_regex`` (Python regular expressions, which Oniguruma's do not match
+exactly) and the other kinds are refused with a message naming what.
 """
 
 from __future__ import annotations
@@ -18,11 +25,72 @@ from pathlib import Path
 from typing import Any
 
 from tokenizer import meta
-from tokenizer.base import SPECIAL_PIECES, Tokenizer, check_ids
+from tokenizer.base import BOS_ID, EOS_ID, PAD_ID, SPECIAL_PIECES, UNK_ID, Tokenizer, check_ids
 from tokenizer.errors import TokenizerError
 from tokenizer.io import PathLike, read_regular_file, write_atomic
 
-EXPORTABLE = ("char",)
+EXPORTABLE = ("char", "word", "bpe", "unigram")
+PYTHON_WHITESPACE = "".join(f"\\u{c:04x}" for c in range(0x3001) if chr(c).isspace())
+"""``str.split()``'s separators as a regular-expression class body (none lies above U+3000)."""
+
+
+def word_to_hf(tok: Any) -> Any:  # noqa: ANN401 -- a WordTokenizer -> a tokenizers.Tokenizer
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    if tok.split_regex is not None:
+        raise TokenizerError(f"a word tokenizer with split_regex {tok.split_regex!r} cannot be written as "
+                             "tokenizer.json (its Python regular expression has no exact Oniguruma equivalent); "
+                             "the model exports without it")
+    vocab = {piece: i for i, piece in enumerate((*SPECIAL_PIECES, *tok.words))}
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token=SPECIAL_PIECES[UNK_ID]))
+    steps = [normalizers.Lowercase()] if tok.lowercase else []
+    if tok.eos_at_newline:
+        steps.append(normalizers.Replace("\n", f" {SPECIAL_PIECES[EOS_ID]} "))
+    if steps:
+        hf.normalizer = normalizers.Sequence(steps)
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(f"[{PYTHON_WHITESPACE}]+"), behavior="removed")
+    hf.add_special_tokens(list(SPECIAL_PIECES))
+    surfaces = [decoders.Replace(SPECIAL_PIECES[i], "") for i in (PAD_ID, BOS_ID)]
+    if tok.eos_at_newline:
+        surfaces.append(decoders.Replace(SPECIAL_PIECES[EOS_ID], "\n"))
+    else:
+        surfaces.append(decoders.Replace(SPECIAL_PIECES[EOS_ID], ""))
+    # WordPiece with a prefix no word can start with (words hold no whitespace) puts one space
+    # before every token; fused, empty surfaces' doubled spaces and the spaces around newlines go.
+    hf.decoder = decoders.Sequence([*surfaces, decoders.WordPiece(prefix=" ", cleanup=False), decoders.Fuse(),
+                                    decoders.Replace(Regex(" +"), " "), decoders.Replace(Regex(" ?\n ?"), "\n"),
+                                    decoders.Replace(Regex(r"\A | \z"), "")])  # not Strip: it panics on ""
+    return hf
+
+
+def sentencepiece_to_hf(tok: Any) -> Any:  # noqa: ANN401 -- a SentencePieceTokenizer -> a tokenizers.Tokenizer
+    from tokenizers import AddedToken, decoders, models, normalizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    sp = tok.processor
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    scores = [sp.get_score(i) for i in range(len(pieces))]
+    if tok.kind == "unigram":
+        model = models.Unigram(list(zip(pieces, scores, strict=True)), unk_id=UNK_ID, byte_fallback=True)
+    else:
+        vocab = {piece: i for i, piece in enumerate(pieces)}
+        learned = {i for i, piece in enumerate(pieces) if piece != "\n" and not (
+            sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i))}
+        merges = []
+        for i in sorted(learned, key=lambda i: -scores[i]):  # stable: ties keep id order
+            piece = pieces[i]
+            merges += sorted(((piece[:k], piece[k:]) for k in range(1, len(piece))
+                              if vocab.get(piece[:k]) in learned and vocab.get(piece[k:]) in learned),
+                             key=lambda pair: (vocab[pair[0]], vocab[pair[1]]))
+        model = models.BPE(vocab=vocab, merges=merges, unk_token=SPECIAL_PIECES[UNK_ID], byte_fallback=True,
+                           fuse_unk=True)
+    hf = HFTokenizer(model)
+    hf.normalizer = normalizers.Replace(" ", "\u2581")
+    hf.add_tokens([AddedToken("\n", normalized=False, special=False)])
+    hf.add_special_tokens(list(SPECIAL_PIECES))
+    hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return hf
 
 
 def to_hf(tok: Tokenizer) -> Any:  # noqa: ANN401 -- a tokenizers.Tokenizer
@@ -33,6 +101,10 @@ def to_hf(tok: Tokenizer) -> Any:  # noqa: ANN401 -- a tokenizers.Tokenizer
     if tok.kind not in EXPORTABLE:
         raise TokenizerError(f"a {tok.kind} tokenizer cannot be written as tokenizer.json yet "
                              f"(exportable: {', '.join(EXPORTABLE)}); the model exports without it")
+    if tok.kind == "word":
+        return word_to_hf(tok)
+    if tok.kind in ("bpe", "unigram"):
+        return sentencepiece_to_hf(tok)
     byte_fallback = getattr(tok, "byte_fallback", False)
     vocab = {piece: i for i, piece in enumerate(SPECIAL_PIECES)}
     if byte_fallback:
@@ -127,6 +199,20 @@ class HFTokenizer(Tokenizer):
         raw = read_regular_file(Path(directory) / HF_FILE, 256 << 20)
         return meta.rebuild(saved, path, lambda: cls(Raw.from_str(raw.decode("utf-8")), specials, saved["vocab_size"]),
                             "its hf_tokenizer.json has {}")
+
+    def text_prefix(self, directory: PathLike | None = None) -> tuple[int, ...]:
+        """The ids transformers puts before a text (Llama's ``<s>``): what the tokenizer's
+        post-processor adds in front, or ``bos`` where ``directory``'s ``tokenizer_config.json``
+        asks for it (``add_bos_token``); empty where neither adds anything (GPT-2)."""
+        probe = "a"
+        bare = self._hf.encode(probe, add_special_tokens=False).ids
+        full = self._hf.encode(probe, add_special_tokens=True).ids
+        prefix = next((full[:i] for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare), [])
+        if not prefix and directory is not None and (Path(directory) / "tokenizer_config.json").is_file():
+            config = json.loads(read_regular_file(Path(directory) / "tokenizer_config.json", 16 << 20).decode("utf-8"))
+            if isinstance(config, dict) and config.get("add_bos_token") is True:
+                prefix = [self.bos_id]
+        return tuple(prefix)
 
     @classmethod
     def from_transformers(cls, directory: PathLike, vocab_size: int | None = None) -> HFTokenizer:

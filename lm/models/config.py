@@ -19,6 +19,7 @@ from typing import Any, Literal
 import pydantic
 
 RNN_CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 
 
 class ConfigError(ValueError):
@@ -78,7 +79,9 @@ class RNNConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TransformerConfig:
-    """A pre-LayerNorm causal decoder (GPT-2 style) with RoPE or learned positions."""
+    """A pre-norm causal decoder with RoPE or learned positions: GPT-2's block by default; the
+    knobs below cover GPT-NeoX/Pythia (parallel residual, partial rotary, exact GELU) and Llama
+    (RMSNorm, SwiGLU, grouped-query attention) with the same class, LitGPT's way."""
 
     family: Literal["transformer"] = "transformer"
     vocab_size: int
@@ -97,7 +100,19 @@ class TransformerConfig:
     parallel_residual: bool = False
     """Attention and MLP read the same input and add to the residual together (GPT-NeoX, Pythia)."""
     activation: str = "gelu_tanh"
-    """The MLP's GELU: its tanh approximation (GPT-2), or the exact one (``gelu``: Pythia)."""
+    """The MLP's activation: GELU's tanh approximation (GPT-2), exact GELU (``gelu``: Pythia) or
+    SiLU (``silu``: Llama's SwiGLU, with ``gated_mlp``)."""
+    gated_mlp: bool = False
+    """A gated MLP, ``down(act(gate(x)) * up(x))`` (GLU variants, Shazeer 2020; Llama)."""
+    mlp_hidden: int | None = None
+    """The MLP's hidden width; unset, ``mlp_ratio * n_embd`` (Llama's ``intermediate_size`` is
+    not a multiple of its width)."""
+    norm: str = "layernorm"
+    """``layernorm`` (GPT-2, NeoX; biased when ``bias``) or ``rmsnorm`` (Llama; never biased)."""
+    norm_eps: float = 1e-5
+    n_kv_head: int | None = None
+    """Key/value heads, each shared by ``n_head / n_kv_head`` query heads (grouped-query
+    attention, Ainslie et al. 2023); unset, one per query head. The KV cache shrinks with it."""
 
     def __post_init__(self) -> None:
         check(self.family == "transformer", f"model.family must be 'transformer', got {self.family!r}")
@@ -114,12 +129,31 @@ class TransformerConfig:
                   f"model.rotary_fraction ({self.rotary_fraction}) must rotate an even number of a head's "
                   f"{self.n_embd // self.n_head} dimensions")
         check(self.pos_emb == "rope" or self.rotary_fraction == 1.0, "model.rotary_fraction applies to RoPE only")
-        check_choice("model.activation", self.activation, ("gelu_tanh", "gelu"))
+        check_choice("model.activation", self.activation, ACTIVATIONS)
+        check_choice("model.norm", self.norm, ("layernorm", "rmsnorm"))
+        check(0 < self.norm_eps < 1, f"model.norm_eps must be in (0, 1), got {self.norm_eps}")
+        check(self.mlp_hidden is None or self.mlp_hidden >= 1, f"model.mlp_hidden must be >= 1, got {self.mlp_hidden}")
+        kv = self.kv_heads
+        check(1 <= kv <= self.n_head and self.n_head % kv == 0,
+              f"model.n_kv_head ({kv}) must divide model.n_head ({self.n_head})")
         check_fraction("model.dropout", self.dropout)
 
     @property
     def max_context(self) -> int | None:
         return self.block_size
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width (``mlp_hidden``, else ``mlp_ratio * n_embd``)."""
+        return self.mlp_ratio * self.n_embd if self.mlp_hidden is None else self.mlp_hidden
 
     @property
     def rotary_dims(self) -> int:

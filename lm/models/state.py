@@ -57,7 +57,7 @@ class KVCache:
     batch of prompts of different lengths is left-padded: ``valid`` marks which slots hold real
     tokens and ``next_pos`` is each row's next position (its count of real tokens).
 
-    Shapes: ``k``, ``v``: ``[n_layer, B, n_head, capacity, head_dim]``; ``valid``: ``[B, capacity]``.
+    Shapes: ``k``, ``v``: ``[n_layer, B, n_kv_head, capacity, head_dim]``; ``valid``: ``[B, capacity]``.
     """
 
     GROW = 64
@@ -67,9 +67,9 @@ class KVCache:
         self.padded = bool((~valid[:, :length]).any())
 
     @classmethod
-    def empty(cls, n_layer: int, batch: int, n_head: int, head_dim: int, capacity: int,
+    def empty(cls, n_layer: int, batch: int, n_kv_head: int, head_dim: int, capacity: int,
               device: torch.device, dtype: torch.dtype) -> KVCache:
-        shape = (n_layer, batch, n_head, capacity, head_dim)
+        shape = (n_layer, batch, n_kv_head, capacity, head_dim)
         return cls(
             torch.empty(shape, device=device, dtype=dtype),
             torch.empty(shape, device=device, dtype=dtype),

@@ -1,4 +1,5 @@
-"""Pre-LayerNorm causal Transformer decoder (architecture only).
+"""Pre-norm causal Transformer decoder (architecture only): GPT-2's block, and through
+``TransformerConfig``'s knobs GPT-NeoX's and Llama's (RMSNorm, SwiGLU, grouped-query attention).
 
 Initialisation: normal(0, 0.02) everywhere, with the two residual output projections of each
 block scaled by 1/sqrt(2 * n_layer) (GPT-2, Radford et al. 2019): each block adds two terms to
@@ -7,6 +8,7 @@ the residual stream, so this keeps its variance roughly constant in depth.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,9 +43,10 @@ def apply_dropout(module: nn.Dropout, x: Tensor) -> Tensor:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.n_head = cfg.n_head
-        self.head_dim = cfg.n_embd // cfg.n_head
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.n_head, self.n_kv_head = cfg.n_head, cfg.kv_heads
+        self.head_dim = cfg.head_dim
+        # q, k and v in one product: rows [q (n_head heads) | k (n_kv_head) | v (n_kv_head)]
+        self.c_attn = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
@@ -58,7 +61,16 @@ class CausalSelfAttention(nn.Module):
         is_causal: bool,
     ) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
+        qkv = self.c_attn(x)
+        gqa = self.n_kv_head != self.n_head
+        if gqa:
+            q, k, v = qkv.split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
+                                 self.n_kv_head * self.head_dim], dim=-1)
+            q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+            k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+            v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        else:
+            q, k, v = qkv.view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
         if rope is not None:
             rd = rope[0].shape[-1] * 2  # the rotated dimensions (all, or the first of each head)
             if rd == self.head_dim:
@@ -81,31 +93,56 @@ class CausalSelfAttention(nn.Module):
             q, k, v = q.float().contiguous(), k.float().contiguous(), v.float().contiguous()
             with torch.autocast("cpu", enabled=False):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                                   is_causal=is_causal).to(dtype)
+                                                   is_causal=is_causal, enable_gqa=gqa).to(dtype)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                               enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, C)
         return apply_dropout(self.resid_dropout, self.c_proj(y))
 
 
+def activation(name: str):  # noqa: ANN201 -- Tensor -> Tensor
+    """The MLP's activation function by config name."""
+    if name == "silu":
+        return F.silu
+    return functools.partial(F.gelu, approximate="tanh" if name == "gelu_tanh" else "none")  # picklable
+
+
 class MLP(nn.Module):
+    """``c_proj(act(c_fc(x)))``; gated, ``c_fc`` holds the gate's rows then the up projection's
+    (one product for both) and the block is ``c_proj(act(gate) * up)``."""
+
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        width = cfg.mlp_width
+        self.gated = cfg.gated_mlp
+        self.c_fc = nn.Linear(cfg.n_embd, 2 * width if self.gated else width, bias=cfg.bias)
+        self.c_proj = nn.Linear(width, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.act = activation(cfg.activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        return apply_dropout(self.dropout, self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+        h = self.c_fc(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return apply_dropout(self.dropout, self.c_proj(h))
+
+
+def norm_layer(cfg: TransformerConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = norm_layer(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = norm_layer(cfg)
         self.mlp = MLP(cfg)
         self.parallel = cfg.parallel_residual
 
@@ -126,7 +163,7 @@ class TransformerLM(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_emb == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_f = norm_layer(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight
@@ -146,7 +183,7 @@ class TransformerLM(nn.Module):
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
             else:
-                nn.init.ones_(p)  # LayerNorm weights
+                nn.init.ones_(p)  # norm weights
 
     @property
     def max_context(self) -> int:
@@ -206,7 +243,7 @@ class TransformerLM(nn.Module):
             )
         if cache is None:
             cfg = self.config
-            cache = KVCache.empty(cfg.n_layer, B, cfg.n_head, cfg.n_embd // cfg.n_head,
+            cache = KVCache.empty(cfg.n_layer, B, cfg.kv_heads, cfg.head_dim,
                                   T + KVCache.GROW, device, self._cache_dtype())
         else:
             cache.reserve(T)
