@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="also score --text with this checkpoint in fp32 and bf16")
     parser.add_argument("--text", help="UTF-8 text file for --checkpoint")
     parser.add_argument("--imported", action="store_true",
-                        help="only: a GPT-2-small-shaped model (124M, random) imported from transformers "
+                        help="only: GPT-2-small- and SmolLM-135M-shaped models (random) imported from transformers "
                              "(lm.hf_import) against transformers on the very same weights")
     args = parser.parse_args()
     global clock
@@ -293,29 +293,42 @@ def main() -> None:
         score_checkpoint(args.checkpoint, args.text, repeats)
 
 
-def imported_rows(row: Callable[..., None], new: int, repeats: int) -> None:
-    """GPT-2 small's shape (12 layers, 12 heads, 768 wide, 50,257 ids), random weights built by
-    transformers and imported into lmforge (``lm.hf_import``): both decode the same weights."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from lm.hf_import import lmforge_config, lmforge_state
+def imported_models() -> list[tuple[str, torch.nn.Module]]:
+    """transformers models with random weights at two real shapes: GPT-2 small (12 layers, 12
+    heads, 768 wide, 50,257 ids) and SmolLM-135M, a Llama (30 layers, 9 query and 3 key/value
+    heads, 576 wide, SwiGLU 1536, 49,152 ids, tied head)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_positions=CONTEXT, bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
-    cfg = lmforge_config(hf.config.to_dict())
-    ours = build_model(cfg)
-    ours.load_state_dict(lmforge_state(hf.state_dict(), cfg))
-    ours = prepare_for_inference(ours.eval(), in_place=True)
-    tok = CharTokenizer([chr(0x10000 + i) for i in range(cfg.vocab_size - 260)])
-    name = "imported gpt2 (124M)"
-    for mode in ("greedy-b1", "greedy-b8", "beam4-b1"):
-        batch, kw = MODES[mode]
-        t_ours, t_hf = best_times([ours_decode(ours, tok, batch, kw, new), hf_decode(hf, batch, kw, new)], repeats)
-        row(name, mode, batch * new / t_ours, batch * new / t_hf)
-    data = score_data()
-    result: dict = {}
-    t_ours, t_hf = best_times([ours_score(ours, data, result), hf_score(hf, data)], repeats)
-    row(name, "score", SCORE_TOKENS / t_ours, SCORE_TOKENS / t_hf)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_positions=CONTEXT, bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                         max_position_embeddings=CONTEXT, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                                         bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
+    return [("imported gpt2 (124M)", gpt2.eval()), ("imported llama (135M)", llama.eval())]
+
+
+def imported_rows(row: Callable[..., None], new: int, repeats: int) -> None:
+    """Each of ``imported_models`` imported into lmforge (``lm.hf_import``): both decode the
+    same weights."""
+    from lm.hf_import import lmforge_config, lmforge_state
+
+    for name, hf in imported_models():
+        cfg = lmforge_config(hf.config.to_dict())
+        ours = build_model(cfg)
+        ours.load_state_dict(lmforge_state(hf.state_dict(), cfg))
+        ours = prepare_for_inference(ours.eval(), in_place=True)
+        tok = CharTokenizer([chr(0x10000 + i) for i in range(cfg.vocab_size - 260)])
+        for mode in ("greedy-b1", "greedy-b8", "beam4-b1"):
+            batch, kw = MODES[mode]
+            t_ours, t_hf = best_times([ours_decode(ours, tok, batch, kw, new), hf_decode(hf, batch, kw, new)],
+                                      repeats)
+            row(name, mode, batch * new / t_ours, batch * new / t_hf)
+        data = score_data()
+        result: dict = {}
+        t_ours, t_hf = best_times([ours_score(ours, data, result), hf_score(hf, data)], repeats)
+        row(name, "score", SCORE_TOKENS / t_ours, SCORE_TOKENS / t_hf)
 
 
 def score_checkpoint(path: str, text_file: str, repeats: int) -> None:
