@@ -13,6 +13,10 @@ if TYPE_CHECKING:
 
 WeightDtype = Literal["fp32", "bf16", "fp16"]
 WEIGHT_DTYPES: tuple[str, ...] = get_args(WeightDtype)
+RuntimeDtype = Literal["fp32", "bf16", "fp16", "int8"]
+"""What a loaded model may run in: the weight precisions, or ``int8`` (weight-only int8 linear
+layers, quantized at load: ``lm.quantize``; checkpoints on disk stay fp32/bf16)."""
+RUNTIME_DTYPES: tuple[str, ...] = get_args(RuntimeDtype)
 _TORCH_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 

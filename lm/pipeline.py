@@ -64,13 +64,19 @@ class Pipeline:
         """Load a checkpoint (or a run directory's best/latest one) onto ``device`` (default:
         cuda, else mps, else cpu), optionally cast to ``dtype`` (``torch.bfloat16``, or a name of
         ``lm.dtypes`` as the CLI and the server settings give it)."""
+        int8 = dtype == "int8"
         if isinstance(dtype, str):
-            dtype = torch_dtype(dtype)
+            dtype = None if int8 else torch_dtype(dtype)
         directory = resolve_checkpoint_dir(path)
         model, tokenizer, config = load_checkpoint(directory, device=device, dtype=dtype)
+        if int8:
+            from lm.quantize import quantize_int8
+
+            model = quantize_int8(model)
         context = read_context(directory, tokenizer)
         name = name or Path(path).resolve().name
-        log.info("loaded %s (%s, %s) from %s", name, config.family, dtype or torch.float32, directory)
+        log.info("loaded %s (%s, %s) from %s", name, config.family, "int8" if int8 else dtype or torch.float32,
+                 directory)
         example = read_example(directory)
         if example is not None:
             try:

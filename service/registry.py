@@ -26,6 +26,7 @@ from lm import threads
 from lm.checkpoint import CONFIG_FILE, LATEST_FILE, CheckpointError, resolve_checkpoint_dir
 from lm.config import to_dict
 from lm.pipeline import Pipeline
+from lm.quantize import is_int8
 from service.metrics import Metrics
 from service.scheduler import Scheduler
 from service.settings import Settings
@@ -58,7 +59,8 @@ class ServedModel:
             "config": to_dict(config),
             "tokenizer": {"kind": self.pipeline.tokenizer.kind, "vocab_size": self.vocab_size},
             "device": str(self.pipeline.device),
-            "dtype": str(next(self.pipeline.model.parameters()).dtype).removeprefix("torch."),
+            "dtype": "int8" if is_int8(self.pipeline.model) else
+                     str(next(self.pipeline.model.parameters()).dtype).removeprefix("torch."),
             "parameters": sum(p.numel() for p in self.pipeline.model.parameters()),
             "max_context": config.max_context,
             "example": None if self.pipeline.example is None else self.pipeline.example.to_dict(),

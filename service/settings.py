@@ -13,7 +13,7 @@ from fastapi import Request
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lm.dtypes import WeightDtype
+from lm.dtypes import RuntimeDtype
 
 SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 """The repository's ``checkpoints/`` directory: what ``lmforge serve`` serves by default."""
@@ -37,9 +37,10 @@ class Settings(BaseSettings):
         SHIPPED_DEFAULT_MODEL, description="the model the playground opens on (when it is not loaded: the first one)"
     )
     device: str = Field("auto", description="torch device; auto = cuda, else mps, else cpu")
-    dtype: WeightDtype = Field(
+    dtype: RuntimeDtype = Field(
         "fp32", description="weights precision; on CPUs with native bf16, bf16 decodes larger models faster "
-        "(6x6x384: 1.2-1.6x at batch 1) and small ones slower (bench/decode.py), at a small perplexity cost"
+        "(6x6x384: 1.2-1.6x at batch 1) and small ones slower (bench/decode.py), at a small perplexity cost; "
+        "int8 quantizes every linear layer's weight at load (per-channel scales, lm.quantize)"
     )
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads (0: the cores no other process keeps busy, less one for "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from lm.dtypes import WEIGHT_DTYPES
+from lm.dtypes import RUNTIME_DTYPES
 
 if TYPE_CHECKING:
     from lm.pipeline import Pipeline
@@ -17,7 +17,8 @@ def add_runtime_args(group: Any) -> None:
     group.add_argument("--threads", type=int, default=0, metavar="N",
                        help="torch threads (default: the cores no other process keeps busy)")
     group.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    group.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp32", help="weights precision (default fp32)")
+    group.add_argument("--dtype", choices=RUNTIME_DTYPES, default="fp32",
+                       help="weights precision (default fp32; int8: weight-only int8 linear layers, quantized at load)")
 
 
 def load_pipeline(args: argparse.Namespace) -> Pipeline:
