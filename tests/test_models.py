@@ -75,6 +75,34 @@ def test_left_padded_batch_equals_each_alone(model: torch.nn.Module) -> None:
     torch.testing.assert_close(step[1], model(nxt[1:], sb)[0][0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_rnn_decode_step_equals_the_sequence_module(cell: str, dtype: torch.dtype, monkeypatch) -> None:
+    """Decoding one token at a time without gradients runs ATen's cell functions, not
+    ``nn.LSTM`` and kin (their CPU path costs a oneDNN primitive per call); it must compute what
+    the sequence module computes over the whole sequence."""
+    torch.manual_seed(0)
+    model = build_model(RNNConfig(vocab_size=V, cell=cell, n_embd=12, n_hidden=20, n_layer=3)).to(dtype).eval()
+    x = torch.randint(0, V, (3, 15))
+    with torch.inference_mode():
+        full, full_state = model(x)
+        logits, state = model(x[:, :4])
+        sequence_forward = type(model.rnn).forward
+        calls = []
+        monkeypatch.setattr(type(model.rnn), "forward", lambda *a, **k: calls.append(1) or sequence_forward(*a, **k))
+        parts = [logits]
+        for t in range(4, 15):
+            step, state = model(x[:, t : t + 1], state)
+            parts.append(step)
+    assert not calls, "a one-token decode step went through the sequence module"
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.05, rtol=0.05)
+    torch.testing.assert_close(torch.cat(parts, 1).float(), full.float(), **tol)
+    for got, want in zip(state.as_tuple() if cell == "lstm" else (state.h,),
+                         full_state.as_tuple() if cell == "lstm" else (full_state.h,), strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_rnn_recurrence_stays_fp32_under_cpu_autocast(cell: str) -> None:
     """bf16 autocast speeds up the output projection; the recurrent state is carried in fp32."""

@@ -17,6 +17,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from lm.models.config import RNNConfig
 from lm.models.state import RNNState
 
+_CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn_tanh": torch.rnn_tanh_cell,
+          "rnn_relu": torch.rnn_relu_cell}
+"""ATen's one-step function for each ``RNNConfig.cell`` (the math of ``nn.LSTM`` and kin)."""
+
 
 class RNNLM(nn.Module):
     """``forward(tokens [B, T], state=None) -> (logits [B, T, V], RNNState)``."""
@@ -105,6 +109,8 @@ class RNNLM(nn.Module):
 
     def _recur(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor], pad_mask: Tensor | None):  # noqa: ANN202
         T = x.shape[1]
+        if T == 1 and pad_mask is None and not torch.is_grad_enabled() and not self.training:
+            return self._step(x, hx)
         if pad_mask is None or bool(pad_mask.all()):
             out, new = self.rnn(x, hx)
         else:
@@ -120,3 +126,28 @@ class RNNLM(nn.Module):
             back = (torch.arange(T, device=x.device)[None, :] - shift[:, None]) % T
             out = out_right.gather(1, back[:, :, None].expand_as(out_right))  # left-padded again
         return out, new
+
+    def _step(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor]):  # noqa: ANN202
+        """One time step of every layer through ATen's cell functions (``torch.lstm_cell`` and
+        kin), for decoding: ``nn.LSTM`` on CPU builds a oneDNN primitive per call, 230 us a
+        layer at 200 units and one row, where the cell's two products and its gates take 30
+        (``bench/decode.py``'s LSTM rows). Same weights and math; the order of float additions
+        differs, so values agree to rounding, not bit for bit."""
+        rnn = self.rnn
+        cell = _CELLS[self.config.cell]
+        lstm = isinstance(hx, tuple)
+        h_all, c_all = hx if lstm else (hx, None)
+        inp = x[:, 0]
+        hs, cs = [], []
+        for layer in range(rnn.num_layers):
+            weights = rnn._flat_weights[4 * layer : 4 * layer + 4]  # w_ih, w_hh, b_ih, b_hh
+            if lstm:
+                h, c = cell(inp, (h_all[layer], c_all[layer]), *weights)
+                cs.append(c)
+            else:
+                h = cell(inp, h_all[layer], *weights)
+            hs.append(h)
+            inp = h
+        out = inp[:, None]
+        h_new = torch.stack(hs)
+        return out, ((h_new, torch.stack(cs)) if lstm else h_new)
