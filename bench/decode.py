@@ -2,6 +2,7 @@
 
     python bench/decode.py [--repeats 3] [--new-tokens 256] [--skip-hf] [--threads N] [--clock cpu]
                            [--dtypes fp32,bf16] [--checkpoint checkpoints/shakespeare-char --text FILE]
+                           [--device cuda] [--context]
 
 Random weights, vocabulary 10,000, a short (8-token) prompt and ``--new-tokens`` new tokens with
 end-of-sequence disabled, so every run does the same work. Our Transformer is set up as GPT-2
@@ -16,6 +17,12 @@ difference), HF's as a forward with ``labels`` (its loss). Decoding runs with fp
 each against HF's model in the same dtype. A random model's distribution is
 nearly uniform, which hides what bf16 costs; ``--checkpoint``/``--text`` adds the bf16 vs fp32
 perplexity of a trained checkpoint on real text.
+
+``--device cuda`` runs the Transformer and imported rows on a GPU, ours and HF's alike (the
+bounds are for the CPU and are not printed there). ``--context`` prints only the rows of a token's
+cost against the context it attends to: a 6x6x384 model with a 1024-token window decoding after a
+16-token and a 768-token prompt, tokens/s with and without the prompt's prefill, beside the bound
+that reading the weights and the KV cache sets on that ratio.
 
 Each figure is the best of ``--repeats`` runs after a warm-up, ours and HF's taking turns, so a
 burst of load elsewhere hits both alike. On a busy shared machine wall time mostly measures the
@@ -64,6 +71,8 @@ MODES = {
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+DEVICE = torch.device("cpu")
+"""Where the Transformer and imported rows run (``--device``)."""
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 clock = CLOCKS["wall"]
 
@@ -129,7 +138,7 @@ def ours_transformer(n_layer: int, n_head: int, n_embd: int, block_size: int = C
     torch.manual_seed(0)
     cfg = TransformerConfig(vocab_size=VOCAB, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                             pos_emb="learned", bias=True)
-    return prepare_for_inference(build_model(cfg).to(dtype), in_place=True)
+    return prepare_for_inference(build_model(cfg).to(device=DEVICE, dtype=dtype), in_place=True)
 
 
 def hf_gpt2(n_layer: int, n_head: int, n_embd: int, n_positions: int = CONTEXT,
@@ -139,7 +148,7 @@ def hf_gpt2(n_layer: int, n_head: int, n_embd: int, n_positions: int = CONTEXT,
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=VOCAB, n_positions=n_positions, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    return GPT2LMHeadModel(cfg).to(dtype).eval()
+    return GPT2LMHeadModel(cfg).to(device=DEVICE, dtype=dtype).eval()
 
 
 def prompts(batch: int) -> torch.Tensor:
@@ -160,7 +169,7 @@ def ours_decode(model, tok, batch: int, mode: dict, new: int) -> Callable[[], ob
 def hf_decode(model, batch: int, mode: dict, new: int) -> Callable[[], object]:
     from transformers import GenerationConfig
 
-    ids = prompts(batch)
+    ids = prompts(batch).to(DEVICE)
     kw: dict = dict(max_new_tokens=new, min_new_tokens=new, pad_token_id=0, eos_token_id=0, use_cache=True)
     if mode["strategy"] == "sample":
         kw.update(do_sample=True, temperature=1.0, top_k=50, top_p=0.95)
@@ -173,7 +182,7 @@ def hf_decode(model, batch: int, mode: dict, new: int) -> Callable[[], object]:
     def run() -> None:
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-        assert out.shape[1] == PROMPT + new
+        assert out.cpu().shape[1] == PROMPT + new  # .cpu(): wait for the device
 
     return run
 
@@ -195,12 +204,13 @@ def ours_score(model, data, result: dict) -> Callable[[], object]:
 
 def hf_score(model, data) -> Callable[[], object]:
     """HF's idiomatic perplexity forward: ``model(ids, labels=ids)`` (it shifts the labels)."""
-    x = torch.tensor(data[0]).view(-1, SCORE_WINDOW)
+    x = torch.tensor(data[0]).view(-1, SCORE_WINDOW).to(DEVICE)
 
     def run() -> None:
         with torch.inference_mode():
             for b in range(0, len(x), SCORE_BATCH):
-                model(x[b : b + SCORE_BATCH], labels=x[b : b + SCORE_BATCH])
+                loss = model(x[b : b + SCORE_BATCH], labels=x[b : b + SCORE_BATCH]).loss
+            float(loss)  # wait for the device
 
     return run
 
@@ -219,15 +229,22 @@ def main() -> None:
     parser.add_argument("--imported", action="store_true",
                         help="only: GPT-2-small- and SmolLM-135M-shaped models (random) imported from transformers "
                              "(lm.hf_import) against transformers on the very same weights")
+    parser.add_argument("--device", default="cpu", help="torch device for the Transformer and imported rows")
+    parser.add_argument("--context", action="store_true",
+                        help="only: decode tokens/s after a 16- and a 768-token prompt (6x6x384, window 1024)")
     args = parser.parse_args()
-    global clock
+    global clock, DEVICE
     clock = CLOCKS[args.clock]
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     new, repeats = args.new_tokens, args.repeats
     tok = char_tokenizer()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {new} new tokens, best of {repeats} "
           f"({args.clock} time)")
+    if args.context:
+        context_rows(tok, new, repeats)
+        return
     print(f"{'model':<22} {'mode':<10} {'dtype':<5} {'lmforge tok/s':>14} {'HF tok/s':>10} {'ratio':>7}")
 
     def row(name: str, mode: str, ours: float, theirs: float | None, dtype: str = "fp32") -> None:
@@ -238,16 +255,18 @@ def main() -> None:
     if args.imported:
         imported_rows(row, new, repeats)
         return
+    cpu = DEVICE.type == "cpu"
     bandwidth = read_bandwidth()
     bounds = []
     for dims in ((4, 4, 128), (6, 6, 384)):
         name = "transformer {}x{}x{}".format(*dims)
         for label in args.dtypes.split(","):
             model = ours_transformer(*dims, dtype=DTYPES[label])
-            size, products = weight_bytes(model), products_seconds(model)
-            bounds.append(f"{name} {label}: {size / 2**20:5.1f} MiB of weights: streaming them bounds batch 1 at "
-                          f"{bandwidth / size:5.0f} tokens/s; the products alone take {products * 1e3:.2f} ms "
-                          f"({size / products / 1e9:.1f} GB/s) -> at most {1 / products:.0f} tokens/s")
+            size, products = weight_bytes(model), products_seconds(model) if cpu else 0.0
+            if cpu:
+                bounds.append(f"{name} {label}: {size / 2**20:5.1f} MiB of weights: streaming them bounds batch 1 at "
+                              f"{bandwidth / size:5.0f} tokens/s; the products alone take {products * 1e3:.2f} ms "
+                              f"({size / products / 1e9:.1f} GB/s) -> at most {1 / products:.0f} tokens/s")
             dtype = DTYPES[label]
             ours_model = ours_transformer(*dims, dtype=dtype)
             hf_model = None if args.skip_hf else hf_gpt2(*dims, dtype=dtype)
@@ -266,7 +285,7 @@ def main() -> None:
     print()
     torch.manual_seed(0)
     lstm = prepare_for_inference(build_model(RNNConfig(vocab_size=VOCAB, cell="lstm", n_embd=200, n_hidden=200,
-                                                        n_layer=2)), in_place=True)
+                                                        n_layer=2)).to(DEVICE), in_place=True)
     for mode, (batch, kw) in MODES.items():
         [t] = best_times([ours_decode(lstm, tok, batch, kw, new)], repeats)
         row("lstm 2x200", mode, batch * new / t, None)
@@ -329,6 +348,37 @@ def imported_rows(row: Callable[..., None], new: int, repeats: int) -> None:
         result: dict = {}
         t_ours, t_hf = best_times([ours_score(ours, data, result), hf_score(hf, data)], repeats)
         row(name, "score", SCORE_TOKENS / t_ours, SCORE_TOKENS / t_hf)
+
+
+def context_rows(tok: CharTokenizer, new: int, repeats: int) -> None:
+    """A token's cost against its context: greedy batch 1 after a 16- and a 768-token prompt.
+
+    Each step reads every weight and, for each layer, the keys and values of every earlier
+    token; so at 768 tokens of context a step reads ``weights + kv`` bytes where at 16 it reads
+    little more than ``weights``, and no decoder that keeps an fp32 cache can do better than
+    ``weights / (weights + kv)`` of the short-context speed. tokens/s are printed with the
+    prompt's prefill counted in the time and without it (the steps alone)."""
+    dims = (6, 6, 384)
+    model = ours_transformer(*dims, block_size=1024)
+    cfg = model.config
+    weights = weight_bytes(model)
+    generator = torch.Generator().manual_seed(3)
+    one = GenerationParams(max_new_tokens=1, stop_at_eos=False, strategy="greedy")
+    params = GenerationParams(max_new_tokens=new, stop_at_eos=False, strategy="greedy")
+    print(f"\ncontext: transformer 6x6x384, window 1024, greedy b1, {new} new tokens")
+    print(f"{'prompt':>7} {'tok/s':>8} {'steps tok/s':>12} {'prefill ms':>11} {'vs 16':>7} {'steps vs 16':>12} "
+          f"{'bound':>7}")
+    base: tuple[float, float] | None = None
+    for length in (16, 768):
+        ids = [torch.randint(260, VOCAB, (length,), generator=generator).tolist()]
+        t_one, t_all = best_times([lambda ids=ids: generate(model, tok, ids, one),
+                                   lambda ids=ids: generate(model, tok, ids, params)], repeats)
+        total, steps = new / t_all, (new - 1) / (t_all - t_one)
+        kv = 2 * cfg.n_layer * (length + new // 2) * cfg.n_embd * 4
+        bound = weights / (weights + kv) / (weights / (weights + 2 * cfg.n_layer * (16 + new // 2) * cfg.n_embd * 4))
+        base = base or (total, steps)
+        print(f"{length:7d} {total:8.0f} {steps:12.0f} {t_one * 1e3:11.1f} {total / base[0]:6.2f}x "
+              f"{steps / base[1]:11.2f}x {bound:6.2f}x", flush=True)
 
 
 def score_checkpoint(path: str, text_file: str, repeats: int) -> None:

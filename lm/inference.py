@@ -15,7 +15,11 @@ matrix-vector kernel has less fixed cost per call), times a wide output layer (w
 kernel streams well), or on one thread (oneDNN gains by splitting a large matrix across
 threads). Such a row goes to MKL, with the weight stored column-major, which suits that kernel.
 These rules were measured in whole models, not on one matrix alone: a lone matrix sits in
-cache, a model's weights mostly do not.
+cache, a model's weights mostly do not. They are only where a model starts: which kernel wins
+depends on the CPU (on an Intel Xeon with AMX, MKL on the column-major weight won at every row
+count up to 64), so ``prepare_for_inference`` times both on the model's own matrices and routes
+each fp32 layer's few-row products to the faster (``calibrate``: 0.1 s for a 6x6x384 model,
+under a second for GPT-2 small; decode there 1.1-1.2x faster than with the fixed rules).
 
 This is PyTorch's own machinery (``torch.ops.mkldnn._reorder_linear_weight`` and
 ``_linear_pointwise``, what ``torch.compile`` emits for a frozen CPU model), used eagerly. Those
@@ -35,6 +39,7 @@ import copy
 import functools
 import logging
 import platform
+import time
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +67,18 @@ X86_64 = ("x86_64", "amd64")
 PACK_BATCH_HINT = 8
 """Rows the reordered layout is tuned for (oneDNN picks its blocking for this many); it serves
 every row count."""
+
+CALIBRATION_ROWS = (1, 2, 4, 8, 16, 32, 64)
+"""Row counts ``calibrate`` times both kernels at; a product of more rows always goes to oneDNN
+(its blocked GEMM is ahead there on every CPU measured)."""
+
+CALIBRATION_COST = 2 * 3 * len(CALIBRATION_ROWS) * 2
+"""About how many one-row passes over the model's packed layers ``calibrate`` costs: two
+kernels, three calls each, at every calibrated row count, more rows taking up to twice as long."""
+
+CALIBRATION_BUDGET_S = 3.0
+"""``calibrate`` stops and keeps the fixed rules if timing takes longer than this (a very large
+model, or a machine too busy to measure)."""
 
 
 log = logging.getLogger(__name__)
@@ -174,8 +191,10 @@ class PackedLinear(nn.Linear):
         self.register_parameter("bias", linear.bias)  # registered even when None, as in nn.Linear
         self._packed: Tensor | None = None
         self._packed_key: tuple[int, int] | None = None
-        self._row_to_mkl = False  # one fp32 row always goes to MKL (small or wide matrix)
-        self._row_to_mkl_one_thread = False  # ... or only when torch runs on one thread
+        self._mkl_rows: tuple[bool, ...] = ()  # [rows]: True sends a product of that many rows to MKL
+        self._row_to_mkl_one_thread = False  # one fp32 row goes to MKL when torch runs on one thread
+        self.calibrated = False  # whether _mkl_rows was measured on this machine (calibrate)
+        self._calibrated_shape: tuple[int, ...] = ()
         self.repack()
 
     def repack(self) -> None:
@@ -187,12 +206,28 @@ class PackedLinear(nn.Linear):
             return
         with torch.no_grad():
             self._packed = _reorder(weight)
-        out_features, in_features = weight.shape
-        fp32 = weight.dtype == torch.float32
-        self._row_to_mkl = fp32 and (
-            weight.numel() * weight.element_size() <= GEMV_MAX_BYTES or out_features >= WIDE * in_features
-        )
-        self._row_to_mkl_one_thread = fp32
+        if weight.dtype != torch.float32 or tuple(weight.shape) != self._calibrated_shape:
+            self.calibrated = False  # cast or replaced: what was measured no longer applies
+        if not self.calibrated:
+            out_features, in_features = weight.shape
+            fp32 = weight.dtype == torch.float32
+            row_to_mkl = fp32 and (
+                weight.numel() * weight.element_size() <= GEMV_MAX_BYTES or out_features >= WIDE * in_features
+            )
+            self._mkl_rows = (False, row_to_mkl)
+            self._row_to_mkl_one_thread = fp32
+
+    def route_to_mkl(self, rows: set[int] | frozenset[int]) -> None:
+        """Send products of the calibrated row counts in ``rows`` (and of fewer rows than the
+        next calibrated count above) to MKL, the others to oneDNN; what ``calibrate`` measured."""
+        table = [False] * (CALIBRATION_ROWS[-1] + 1)
+        for n in range(1, len(table)):
+            bucket = next(r for r in CALIBRATION_ROWS if r >= n)
+            table[n] = bucket in rows
+        self._mkl_rows = tuple(table)
+        self._row_to_mkl_one_thread = False
+        self.calibrated = True
+        self._calibrated_shape = tuple(self.weight.shape)
 
     def forward(self, x: Tensor) -> Tensor:
         params = self._parameters
@@ -202,10 +237,13 @@ class PackedLinear(nn.Linear):
         if _weight_key(weight) != self._packed_key:  # changed or replaced since packing
             self.repack()
         packed = self._packed
-        if packed is None or x.dtype != packed.dtype or (x.numel() == x.shape[-1] and (
-            self._row_to_mkl or (self._row_to_mkl_one_thread and torch.get_num_threads() == 1)
-        )):
-            return F.linear(x, weight, bias)  # one fp32 row: MKL's matrix-vector kernel
+        if packed is None or x.dtype != packed.dtype:
+            return F.linear(x, weight, bias)
+        rows = x.numel() // x.shape[-1]
+        table = self._mkl_rows
+        if (rows < len(table) and table[rows]) or (
+                rows == 1 and self._row_to_mkl_one_thread and torch.get_num_threads() == 1):
+            return F.linear(x, weight, bias)  # few fp32 rows where MKL was faster
         return packed_linear(x, packed, bias)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
@@ -221,7 +259,7 @@ class PackedLinear(nn.Linear):
         return f"{super().extra_repr()}, packed={self._packed is not None}"
 
 
-def prepare_for_inference(model: nn.Module, *, in_place: bool = False) -> nn.Module:
+def prepare_for_inference(model: nn.Module, *, in_place: bool = False, calibrate_kernels: bool = True) -> nn.Module:
     """A copy of ``model`` in eval mode with its ``nn.Linear`` layers ready for fast inference;
     ``model`` itself is left as it was (trainable, savable) unless ``in_place`` allows preparing
     it directly, which saves the copy's memory when the caller is done with the original.
@@ -248,4 +286,62 @@ def prepare_for_inference(model: nn.Module, *, in_place: bool = False) -> nn.Mod
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and worth_packing(child.weight):
                 setattr(parent, name, PackedLinear(child))
+    if calibrate_kernels:
+        calibrate(model)
     return model.eval()
+
+
+def calibrate(model: nn.Module, budget_s: float = CALIBRATION_BUDGET_S) -> bool:
+    """Choose, by timing them on this machine, which kernel takes each fp32 ``PackedLinear``'s
+    products of 1 to 64 rows: MKL on the column-major weight, or oneDNN on the reordered one.
+
+    Which wins depends on the CPU, not only on the shapes: on the AMD EPYC the fixed rules were
+    measured on, oneDNN won from 2 rows on (and for big matrices at 1 row); on an Intel Xeon
+    with AMX, MKL won at every row count up to 64 (``bench/linear.py``). So the layers are
+    grouped by shape and each group is timed as a set, every matrix in turn (as a decode step
+    streams them, not one matrix sitting in cache), through both kernels at each of
+    ``CALIBRATION_ROWS``, best of two. Either choice computes the same product (to rounding),
+    so a busy moment that skews a timing costs speed, never correctness. Returns False, keeping
+    the fixed rules, when there is nothing to time or the timing overruns ``budget_s``.
+    """
+    groups: dict[tuple[int, int], list[PackedLinear]] = {}
+    for module in model.modules():
+        if isinstance(module, PackedLinear) and module._packed is not None and module.weight.dtype == torch.float32:
+            groups.setdefault(tuple(module.weight.shape), []).append(module)
+    if not groups:
+        return False
+    deadline = time.perf_counter() + budget_s
+    chosen: dict[tuple[int, int], set[int]] = {}
+    with torch.inference_mode():
+        one_pass = _best_of(lambda: [F.linear(torch.zeros(1, m.in_features), m.weight, m.bias)
+                                     for layers in groups.values() for m in layers], repeats=1)
+        if one_pass * CALIBRATION_COST > budget_s:
+            log.info("kernel calibration would take over %.1f s; the fixed kernel rules stay", budget_s)
+            return False
+        for shape, layers in groups.items():
+            chosen[shape] = set()
+            for rows in CALIBRATION_ROWS:
+                x = torch.randn(rows, shape[1])
+                mkl = _best_of(lambda x=x, layers=layers: [F.linear(x, m.weight, m.bias) for m in layers])
+                onednn = _best_of(lambda x=x, layers=layers: [packed_linear(x, m._packed, m.bias) for m in layers])
+                if mkl < onednn:
+                    chosen[shape].add(rows)
+                if time.perf_counter() > deadline:
+                    log.info("kernel calibration overran %.1f s; the fixed kernel rules stay", budget_s)
+                    return False
+    for shape, layers in groups.items():
+        for module in layers:
+            module.route_to_mkl(chosen[shape])
+    log.info("fp32 products routed to MKL at rows %s", {s: sorted(r) for s, r in chosen.items()})
+    return True
+
+
+def _best_of(fn, repeats: int = 2) -> float:  # noqa: ANN001 -- a thunk
+    """Best wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best

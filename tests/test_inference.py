@@ -139,6 +139,55 @@ def test_single_row_rule(spy: list) -> None:
     torch.testing.assert_close(out, F.linear(x, big.weight, big.bias), **TOL[torch.float32])
 
 
+def test_route_to_mkl_follows_the_calibrated_row_counts(spy: list) -> None:
+    """MKL measured faster at 1 and 8 rows: products of 1 and 5-8 rows go to MKL, of 2-4 and
+    9 or more to oneDNN (a row count takes the choice of the next calibrated count up; past 64,
+    always oneDNN); both give ``F.linear``'s numbers."""
+    layer = PackedLinear(nn.Linear(16, 64))
+    layer.route_to_mkl({1, 8})
+    assert layer.calibrated
+    with torch.inference_mode():
+        for rows in (1, 2, 4, 5, 8, 9, 64, 65, 300):
+            x = torch.randn(rows, 16)
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), **TOL[torch.float32])
+    assert [shape[0] for shape in spy] == [2, 4, 9, 64, 65, 300]
+
+
+def test_calibration_applies_what_it_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prepare_for_inference`` times both kernels per shape group and row count (here faked:
+    MKL faster only at one row) and routes every fp32 packed layer accordingly; a later cast to
+    bf16 drops the fp32 measurement."""
+    calls = []
+
+    def fake_best_of(fn, repeats: int = 2) -> float:  # noqa: ANN001 -- alternate MKL, oneDNN per row count
+        fn()
+        if repeats == 1:  # the cost estimate
+            return 0.0
+        rows = inference.CALIBRATION_ROWS[(len(calls) // 2) % len(inference.CALIBRATION_ROWS)]
+        calls.append(rows)
+        return 1.5 if len(calls) % 2 == 0 else (1.0 if rows == 1 else 2.0)
+
+    monkeypatch.setattr(inference, "PACK_MIN_BYTES", 0)
+    monkeypatch.setattr(inference, "_best_of", fake_best_of)
+    torch.manual_seed(0)
+    model = prepare_for_inference(tiny_transformer())
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    shapes = {tuple(m.weight.shape) for m in packed}
+    assert len(calls) == 2 * len(shapes) * len(inference.CALIBRATION_ROWS)
+    assert packed and all(m.calibrated and m._mkl_rows[1] and not any(m._mkl_rows[2:]) for m in packed)
+    if torch.bfloat16 in dtypes():
+        model.to(torch.bfloat16)
+        assert not any(m.calibrated for m in packed)
+
+
+def test_calibration_over_budget_keeps_the_fixed_rules(pack_all: None) -> None:
+    model = prepare_for_inference(tiny_transformer(), calibrate_kernels=False)
+    assert not inference.calibrate(model, budget_s=0.0)
+    assert not any(m.calibrated for m in model.modules() if isinstance(m, PackedLinear))
+    assert inference.calibrate(model)
+    assert all(m.calibrated for m in model.modules() if isinstance(m, PackedLinear))
+
+
 def test_prepare_swaps_linears_keeps_ties_and_state() -> None:
     """Big fp32 matrices become ``PackedLinear``, small ones stay ``nn.Linear``; ties, values
     and ``state_dict`` are unchanged."""
@@ -237,7 +286,7 @@ def test_deepcopy_and_pickle(tmp_path, pack_all: None) -> None:  # noqa: ANN001
 def test_tied_output_layer_follows_the_embedding(spy: list, pack_all: None) -> None:
     """An in-place change made through the embedding reaches the (tied) packed output layer."""
     torch.manual_seed(0)
-    model = prepare_for_inference(tiny_transformer())
+    model = prepare_for_inference(tiny_transformer(), calibrate_kernels=False)  # 3 rows: oneDNN
     hidden = torch.randn(3, 16)
     with torch.no_grad():
         model.wte.weight.mul_(-2.0)
