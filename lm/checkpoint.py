@@ -31,8 +31,10 @@ from torch import nn
 from lm.chat_template import ChatTemplate, ChatTemplateError, read_template
 from lm.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
 from lm.context import ContextError, TextContext, trained_length
+from lm.devices import resolve_device
 from lm.example import Example, ExampleError
 from lm.models import build_model
+from lm.quantize import QUANTIZATION, is_int8, quantize_int8
 from tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from tokenizer.io import fsync_dir, read_regular_file
 
@@ -110,6 +112,10 @@ def save_checkpoint(
             meta["example"] = example.to_dict()
         if chat_template is not None:
             meta["chat_template"] = chat_template.to_dict()
+        if is_int8(model):  # its int8 layers as they are (lm.quantize)
+            if dtype is not None or state_dict is not None:
+                raise ValueError("an int8 model is saved as it is (no dtype, no state_dict)")
+            meta["quantization"] = QUANTIZATION
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         to_save = model
         if dtype is not None or state_dict is not None:
@@ -196,9 +202,11 @@ def read_config(directory: Path) -> tuple[ModelConfig, dict[str, Any]]:
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{cfg_path}: unsupported version {meta.get('version')!r} (this lmforge reads {VERSION})")
     unknown = sorted(set(meta) - {"format", "version", "model", "tokenizer", "context", "training", "example",
-                             "chat_template"})
+                             "chat_template", "quantization"})
     if unknown:
         raise CheckpointError(f"{cfg_path}: unknown field(s) {', '.join(unknown)}")
+    if meta.get("quantization", QUANTIZATION) != QUANTIZATION:
+        raise CheckpointError(f"{cfg_path}: quantization must be {QUANTIZATION!r}, got {meta['quantization']!r}")
     try:
         config = model_config_from_dict(meta.get("model") or {})
     except ConfigError as exc:
@@ -215,10 +223,11 @@ def load_checkpoint(
     """Load ``(model, tokenizer, config)``; the model is in ``eval()`` mode on ``device``.
 
     The one loader shared by the CLI, the tests and the server. Nothing in the directory is
-    executed: weights come from safetensors, the config from JSON.
+    executed: weights come from safetensors, the config from JSON. An int8 checkpoint loads int8
+    (``dtype`` casts the rest: embeddings, norms, biases).
     """
     directory = resolve_checkpoint_dir(path)
-    config, _ = read_config(directory)
+    config, meta = read_config(directory)
     try:
         tok = load_tokenizer(directory)
     except TokenizerError as exc:
@@ -229,6 +238,8 @@ def load_checkpoint(
         )
     check_weights_fit(config, directory / WEIGHTS_FILE)
     model = build_model(config)
+    if "quantization" in meta:  # lmforge export --dtype int8: the int8 layers are in the file
+        quantize_int8(model)
     load_weights_into(model, directory)
     device = resolve_device(device)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
@@ -363,34 +374,3 @@ def load_trainer_state(directory: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or hostile files
         raise CheckpointError(f"{path}: cannot be loaded safely ({exc})") from None
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``cuda`` if available, else ``mps``, else ``cpu``; ``auto``/None picks. A device named
-    explicitly must exist here: asking for ``cuda`` on a CPU-only PyTorch, a GPU index that is
-    not there, or a misspelt name is a ``ConfigError`` that says what to do, not a traceback
-    from the first tensor moved."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device {str(device)!r} is not a device name (auto, cpu, cuda, cuda:N or mps)") from None
-    if chosen.type == "cuda":
-        if torch.version.cuda is None:
-            raise ConfigError(f"device {str(device)!r}: this PyTorch ({torch.__version__}) is built without CUDA; "
-                              "install a CUDA build (README, Install) or use cpu")
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ConfigError(f"device {str(device)!r}: no CUDA GPU is visible (check the driver and "
-                              "CUDA_VISIBLE_DEVICES) or use cpu")
-        if chosen.index is not None and chosen.index >= count:
-            raise ConfigError(f"device {str(device)!r}: there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-    elif chosen.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                       and torch.backends.mps.is_available()):
-        raise ConfigError(f"device {str(device)!r}: MPS is not available here (it needs Apple silicon); use cpu")
-    return chosen

@@ -69,10 +69,11 @@ class Pipeline:
             dtype = None if int8 else torch_dtype(dtype)
         directory = resolve_checkpoint_dir(path)
         model, tokenizer, config = load_checkpoint(directory, device=device, dtype=dtype)
-        if int8:
-            from lm.quantize import quantize_int8
+        from lm.quantize import is_int8, quantize_int8
 
+        if int8 and not is_int8(model):
             model = quantize_int8(model)
+        int8 = is_int8(model)  # asked for, or stored so (lmforge export --dtype int8)
         context = read_context(directory, tokenizer)
         name = name or Path(path).resolve().name
         log.info("loaded %s (%s, %s) from %s", name, config.family, "int8" if int8 else dtype or torch.float32,

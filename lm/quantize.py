@@ -11,7 +11,10 @@ fp32-activation path is 5-15x slower than an fp32 ``F.linear``, its bf16 one 1.5
 one row (1152x384: 22 vs 77 us; 50,257x768: 1.3 vs 11.6 ms). The output returns in the
 caller's dtype. Where that kernel is missing or refuses (another device, a PyTorch that changed
 it), the layer multiplies by its dequantized weight instead: slower, the same numbers.
-Checkpoints stay fp32/bf16 on disk: quantization happens at load.
+
+Checkpoints stay fp32/bf16 on disk, quantized at load, unless ``lmforge export --dtype int8``
+writes the quantized layers themselves (``weight_int8`` and ``scale`` per layer, ``quantization:
+"int8"`` in ``config.json``): a quarter of the linear weights' bytes, loaded as they are.
 """
 
 from __future__ import annotations
@@ -85,6 +88,14 @@ class Int8Linear(nn.Module):
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        super()._apply(fn, recurse)
+        # A cast of the model (.to(bf16), .float()) must not reach the quantization: the scales
+        # stay fp32 and the kernel's copy of them in its compute dtype (moves still apply).
+        self.scale = self.scale.float()
+        self.scale_compute = self.scale.to(COMPUTE_DTYPE)
+        return self
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
@@ -105,6 +116,10 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         log.info("int8: kept %s in full precision (the int8 kernel takes multiples of %d inputs)",
                  ", ".join(kept), K_MULTIPLE)
     return model.eval()
+
+
+QUANTIZATION = "int8"
+"""``config.json``'s ``quantization`` for a checkpoint holding ``Int8Linear`` layers."""
 
 
 def is_int8(model: nn.Module) -> bool:

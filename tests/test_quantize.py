@@ -104,3 +104,46 @@ def test_the_cli_and_the_server_take_int8(tmp_path: Path, capsys: pytest.Capture
         assert info["dtype"] == "int8"
         r = client.post("/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 8, "temperature": 0})
         assert r.status_code == 200 and r.json()["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("family", ["gpt", "lstm"])
+def test_export_int8_writes_the_quantized_layers_and_loads_them_as_they_are(
+        family: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from lm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    src = save_checkpoint(tmp_path / "fp32", build_model(CONFIGS[family]), TOK)
+    assert main(["export", str(src), str(tmp_path / "int8"), "--dtype", "int8"]) == 0
+    dest = tmp_path / "int8"
+    meta = json.loads((dest / "config.json").read_text())
+    assert meta["quantization"] == "int8" and meta["training"]["weights_dtype"] == "int8"
+    model, _, _ = load_checkpoint(dest, device="cpu")
+    assert is_int8(model)
+    reference = Pipeline.from_checkpoint(src, device="cpu", dtype="int8")  # quantized at load
+    for dtype in (None, "int8", "fp32"):
+        stored = Pipeline.from_checkpoint(dest, device="cpu", dtype=dtype)
+        assert is_int8(stored.model)
+        params = GenerationParams(max_new_tokens=24, strategy="greedy", stop_at_eos=False)
+        assert stored.generate(["to be"], params)[0][0].token_ids == reference.generate(["to be"], params)[0][0].token_ids
+    bf16 = Pipeline.from_checkpoint(dest, device="cpu", dtype="bf16")  # the rest cast; int8 scales stay fp32
+    scales = [m.scale.dtype for m in bf16.model.modules() if isinstance(m, Int8Linear)]
+    assert scales and set(scales) == {torch.float32}
+    assert bf16.generate(["to be"], GenerationParams(max_new_tokens=4))[0][0].token_ids
+
+    from safetensors import safe_open
+
+    with safe_open(str(dest / "model.safetensors"), "pt") as f:
+        stored_dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}  # noqa: SIM118
+    quantized = [name for name, m in model.named_modules() if isinstance(m, Int8Linear)]
+    assert quantized and all(stored_dtypes[f"{name}.weight_int8"] == "I8" for name in quantized)
+    assert not any(f"{name}.weight" in stored_dtypes for name in quantized)  # no full-precision copy
+
+    capsys.readouterr()
+    assert main(["export", str(dest), str(tmp_path / "back"), "--dtype", "bf16"]) == 2
+    assert "int8" in capsys.readouterr().err
+    meta["quantization"] = "int4"
+    (dest / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="quantization must be 'int8'"):
+        load_checkpoint(dest, device="cpu")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from lm.dtypes import WEIGHT_DTYPES, torch_dtype
+from lm.dtypes import RUNTIME_DTYPES, torch_dtype
 
 HELP = "write a weights-only checkpoint (e.g. for shipping) from a run or checkpoint directory"
 
@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", help="run directory (its best/ is used) or checkpoint directory")
     p.add_argument("dest", help="destination checkpoint directory (replaced atomically)")
-    p.add_argument("--dtype", choices=WEIGHT_DTYPES, default="fp32", help="weight precision on disk")
+    p.add_argument("--dtype", choices=RUNTIME_DTYPES, default="fp32",
+                   help="weight precision on disk; int8: the linear layers quantized as --dtype int8 serves them "
+                        "(per-channel scales), loaded as they are")
     p.add_argument("--format", choices=("lmforge", "hf"), default="lmforge",
                    help="hf: a transformers checkpoint (AutoModelForCausalLM loads it; Transformers only: "
                         "RoPE models as GPT-NeoX, learned positions as GPT-2), weights and config")
@@ -79,7 +81,14 @@ def run(args: argparse.Namespace) -> int:
     training = dict(meta.get("training") or {})
     training["exported_from"] = str(src)
     training["weights_dtype"] = args.dtype
-    out = save_checkpoint(args.dest, model, tok, training=training, dtype=torch_dtype(args.dtype),
+    int8 = args.dtype == "int8"
+    if int8:
+        from lm.quantize import is_int8, quantize_int8
+
+        model = model if is_int8(model) else quantize_int8(model)
+    elif "quantization" in meta:
+        return _error(f"{src} holds int8 weights: they export as int8 only (--dtype int8)")
+    out = save_checkpoint(args.dest, model, tok, training=training, dtype=None if int8 else torch_dtype(args.dtype),
                           context=read_context(src, tok), example=read_example(src), chat_template=template)
     print(f"exported {src} -> {out} ({args.dtype})")
     return 0

@@ -26,13 +26,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from lm.checkpoint import (
-    latest_checkpoint,
-    load_trainer_state,
-    resolve_device,
-)
+from lm.checkpoint import latest_checkpoint, load_trainer_state
 from lm.config import ConfigError, RunConfig, TrainConfig
 from lm.context import TextContext, trained_length
+from lm.devices import resolve_device
 from lm.example import from_stream
 from lm.losses import mean_nll
 from lm.models import RNNLM, RNNState, build_model
