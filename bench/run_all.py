@@ -35,6 +35,11 @@ def benchmarks(quick: bool, soak: bool) -> list[tuple[str, list[str]]]:
         ("quality", [py, "bench/quality.py"]),
         ("linear", [py, "bench/linear.py", "--repeats", "10" if quick else "20"]),
         ("decode", [py, "bench/decode.py", "--repeats", "1" if quick else "2", "--new-tokens", "128" if quick else "256"]),
+        ("decode_context", [py, "bench/decode.py", "--context", "--repeats", "2" if quick else "3",
+                            "--new-tokens", "256"]),
+        ("decode_imported", [py, "bench/decode.py", "--imported", "--repeats", "1" if quick else "2",
+                             "--new-tokens", "32" if quick else "64"]),
+        ("int8", [py, "bench/int8.py", "--repeats", "1" if quick else "2"]),
         ("serve_load", [py, "bench/serve_load.py", "--duration", "6" if quick else "15"]),
         ("busy", [py, "bench/busy.py", "--steps", "12" if quick else "20"]),
     ]
@@ -188,8 +193,16 @@ def main() -> None:
         sections.append(f"## {name}\n\n`{shown}` ({took:.0f} s)\n\n```\n{out}\n```\n")
     charts = [p for p in (loss_chart(), decode_chart(outputs.get("decode", "")),
                           serve_chart(outputs.get("serve_load", ""))) if p]
-    header = (f"# Benchmark results\n\nWritten by `python bench/run_all.py{' --quick' if args.quick else ''}` on "
+    header = (f"# Benchmark results\n\nWritten by `python bench/run_all.py{' --quick' if args.quick else ''}"
+              f"{' --only ' + ' '.join(args.only) if args.only else ''}` on "
               f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.\n\nMachine: {machine()}.\n\n")
+    if args.only:
+        old = re.search(r"^Written by .*?\n\nMachine: (.*?)\n", (BENCH / "RESULTS.md").read_text(), re.M | re.S) \
+            if (BENCH / "RESULTS.md").is_file() else None
+        stale = [name for name in outputs if name not in args.only]
+        if stale and old:
+            header += (f"Re-run now: {', '.join(args.only)}. Kept from the previous RESULTS.md ({old.group(1)}): "
+                       f"{', '.join(stale)}.\n\n")
     pics = "".join(f"![{p.stem}](charts/{p.name})\n\n" for p in charts)
     (BENCH / "RESULTS.md").write_text(header + pics + "\n".join(sections))
     print(f"wrote {BENCH / 'RESULTS.md'} and {len(charts)} chart(s)")
