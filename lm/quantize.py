@@ -81,11 +81,16 @@ class Int8Linear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         if kernel_works(x.device.type):
             y = torch.ops.aten._weight_int8pack_mm(flat.to(COMPUTE_DTYPE).contiguous(), self.weight_int8,
-                                                   self.scale_compute).to(x.dtype)
+                                                   self.scale_compute)
+            bias = self.bias
+            if bias is not None and bias.dtype == x.dtype:
+                y = torch.add(bias, y)  # promotes y to x's dtype and adds the bias in one pass
+            else:
+                y = y.to(x.dtype) if bias is None else y.to(x.dtype) + bias.to(x.dtype)
         else:
             y = F.linear(flat, (self.weight_int8.to(x.dtype) * self.scale[:, None].to(x.dtype)))
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
+            if self.bias is not None:
+                y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
