@@ -18,8 +18,8 @@ These rules were measured in whole models, not on one matrix alone: a lone matri
 cache, a model's weights mostly do not. They are only where a model starts: which kernel wins
 depends on the CPU (on an Intel Xeon with AMX, MKL on the column-major weight won at every row
 count up to 64), so ``prepare_for_inference`` times both on the model's own matrices and routes
-each fp32 layer's few-row products to the faster (``calibrate``: 0.1 s for a 6x6x384 model,
-under a second for GPT-2 small; decode there 1.1-1.2x faster than with the fixed rules).
+each fp32 layer's few-row products to the faster (``calibrate``: 0.15 s for a 6x6x384 model,
+1.5 s for GPT-2 small; decode there 1.1-1.2x faster than with the fixed rules).
 
 This is PyTorch's own machinery (``torch.ops.mkldnn._reorder_linear_weight`` and
 ``_linear_pointwise``, what ``torch.compile`` emits for a frozen CPU model), used eagerly. Those
@@ -332,7 +332,7 @@ def calibrate(model: nn.Module, budget_s: float = CALIBRATION_BUDGET_S) -> bool:
     for shape, layers in groups.items():
         for module in layers:
             module.route_to_mkl(chosen[shape])
-    log.info("fp32 products routed to MKL at rows %s", {s: sorted(r) for s, r in chosen.items()})
+    log.debug("fp32 products routed to MKL at rows %s", {s: sorted(r) for s, r in chosen.items()})
     return True
 
 

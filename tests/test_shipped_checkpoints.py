@@ -116,6 +116,7 @@ def test_short_texts_score_like_the_same_text_in_a_long_stream(name: str) -> Non
 
 
 PROMPTS = {"shakespeare-char": ["ROMEO:", "JULIET:\n", "First Citizen:\nWe", ""],
+           "shakespeare-bpe": ["ROMEO:", "JULIET:\n", "First Citizen:\nWe", ""],
            "ptb-word": ["the company said", "in new york", "mr.", ""]}
 
 

@@ -140,7 +140,7 @@ class RNNLM(nn.Module):
         inp = x[:, 0]
         hs, cs = [], []
         for layer in range(rnn.num_layers):
-            weights = rnn._flat_weights[4 * layer : 4 * layer + 4]  # w_ih, w_hh, b_ih, b_hh
+            weights = [getattr(rnn, f"{name}_l{layer}", None) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             if lstm:
                 h, c = cell(inp, (h_all[layer], c_all[layer]), *weights)
                 cs.append(c)
