@@ -362,6 +362,11 @@ def context_rows(tok: CharTokenizer, new: int, repeats: int) -> None:
     model = ours_transformer(*dims, block_size=1024)
     cfg = model.config
     weights = weight_bytes(model)
+
+    def kv_bytes(prompt: int) -> int:
+        """fp32 keys and values a step reads, on average over the decode after ``prompt`` tokens."""
+        return 2 * cfg.n_layer * (prompt + new // 2) * cfg.n_embd * 4
+
     generator = torch.Generator().manual_seed(3)
     one = GenerationParams(max_new_tokens=1, stop_at_eos=False, strategy="greedy")
     params = GenerationParams(max_new_tokens=new, stop_at_eos=False, strategy="greedy")
@@ -374,8 +379,7 @@ def context_rows(tok: CharTokenizer, new: int, repeats: int) -> None:
         t_one, t_all = best_times([lambda ids=ids: generate(model, tok, ids, one),
                                    lambda ids=ids: generate(model, tok, ids, params)], repeats)
         total, steps = new / t_all, (new - 1) / (t_all - t_one)
-        kv = 2 * cfg.n_layer * (length + new // 2) * cfg.n_embd * 4
-        bound = weights / (weights + kv) / (weights / (weights + 2 * cfg.n_layer * (16 + new // 2) * cfg.n_embd * 4))
+        bound = (weights + kv_bytes(16)) / (weights + kv_bytes(length))  # bytes a step reads, 16 over this
         base = base or (total, steps)
         print(f"{length:7d} {total:8.0f} {steps:12.0f} {t_one * 1e3:11.1f} {total / base[0]:6.2f}x "
               f"{steps / base[1]:11.2f}x {bound:6.2f}x", flush=True)

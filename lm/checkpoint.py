@@ -239,7 +239,7 @@ def load_checkpoint(
     check_weights_fit(config, directory / WEIGHTS_FILE)
     model = build_model(config)
     if "quantization" in meta:  # lmforge export --dtype int8: the int8 layers are in the file
-        quantize_int8(model)
+        quantize_int8(model, quantize=False)
     load_weights_into(model, directory)
     device = resolve_device(device)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)

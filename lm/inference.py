@@ -193,9 +193,13 @@ class PackedLinear(nn.Linear):
         self._packed_key: tuple[int, int] | None = None
         self._mkl_rows: tuple[bool, ...] = ()  # [rows]: True sends a product of that many rows to MKL
         self._row_to_mkl_one_thread = False  # one fp32 row goes to MKL when torch runs on one thread
-        self.calibrated = False  # whether _mkl_rows was measured on this machine (calibrate)
-        self._calibrated_shape: tuple[int, ...] = ()
+        self._calibrated_shape: tuple[int, ...] = ()  # the fp32 weight shape _mkl_rows was measured for
         self.repack()
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether ``_mkl_rows`` was measured on this machine (``calibrate``), not the fixed rules."""
+        return bool(self._calibrated_shape)
 
     def repack(self) -> None:
         """(Re)build the reordered copy of the weight from its current values."""
@@ -207,7 +211,7 @@ class PackedLinear(nn.Linear):
         with torch.no_grad():
             self._packed = _reorder(weight)
         if weight.dtype != torch.float32 or tuple(weight.shape) != self._calibrated_shape:
-            self.calibrated = False  # cast or replaced: what was measured no longer applies
+            self._calibrated_shape = ()  # cast or replaced: what was measured no longer applies
         if not self.calibrated:
             out_features, in_features = weight.shape
             fp32 = weight.dtype == torch.float32
@@ -226,7 +230,6 @@ class PackedLinear(nn.Linear):
             table[n] = bucket in rows
         self._mkl_rows = tuple(table)
         self._row_to_mkl_one_thread = False
-        self.calibrated = True
         self._calibrated_shape = tuple(self.weight.shape)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from lm.dtypes import torch_dtype
 from lm.example import Example
 from lm.inference import prepare_for_inference
 from lm.models import model_device
+from lm.quantize import is_int8, quantize_int8
 from lm.score import ScoreJob, ScoreResult, score_results, score_texts
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,6 @@ class Pipeline:
             dtype = None if int8 else torch_dtype(dtype)
         directory = resolve_checkpoint_dir(path)
         model, tokenizer, config = load_checkpoint(directory, device=device, dtype=dtype)
-        from lm.quantize import is_int8, quantize_int8
-
         if int8 and not is_int8(model):
             model = quantize_int8(model)
         int8 = is_int8(model)  # asked for, or stored so (lmforge export --dtype int8)

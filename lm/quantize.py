@@ -65,14 +65,21 @@ def kernel_works(device_type: str) -> bool:
 class Int8Linear(nn.Module):
     """A linear layer with an int8 weight and per-output-channel scales (inference only)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, *, quantize: bool = True) -> None:
+        """``linear``'s weight quantized; with ``quantize=False`` only its shapes, for a
+        checkpoint's int8 tensors to be loaded into (``lm.checkpoint``)."""
         super().__init__()
         if linear.in_features % K_MULTIPLE:
             raise ValueError(f"the int8 kernel takes multiples of {K_MULTIPLE} inputs, not {linear.in_features}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        q, scale = quantize_rows(linear.weight)
-        self.register_buffer("weight_int8", q.to(linear.weight.device))
-        self.register_buffer("scale", scale.to(linear.weight.device))
+        device = linear.weight.device
+        if quantize:
+            q, scale = quantize_rows(linear.weight)
+        else:
+            q = torch.zeros(linear.weight.shape, dtype=torch.int8, device=device)
+            scale = torch.ones(self.out_features, device=device)
+        self.register_buffer("weight_int8", q.to(device))
+        self.register_buffer("scale", scale.to(device))
         self.register_buffer("scale_compute", self.scale.to(COMPUTE_DTYPE))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
@@ -82,15 +89,10 @@ class Int8Linear(nn.Module):
         if kernel_works(x.device.type):
             y = torch.ops.aten._weight_int8pack_mm(flat.to(COMPUTE_DTYPE).contiguous(), self.weight_int8,
                                                    self.scale_compute)
-            bias = self.bias
-            if bias is not None and bias.dtype == x.dtype:
-                y = torch.add(bias, y)  # promotes y to x's dtype and adds the bias in one pass
-            else:
-                y = y.to(x.dtype) if bias is None else y.to(x.dtype) + bias.to(x.dtype)
         else:
             y = F.linear(flat, (self.weight_int8.to(x.dtype) * self.scale[:, None].to(x.dtype)))
-            if self.bias is not None:
-                y = y + self.bias.to(y.dtype)
+        # the bias added while the kernel's output is promoted to x's dtype: one pass
+        y = y.to(x.dtype) if self.bias is None else torch.add(self.bias.to(x.dtype), y).to(x.dtype)
         return y.reshape(*shape[:-1], self.out_features)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
@@ -105,10 +107,11 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+def quantize_int8(model: nn.Module, *, quantize: bool = True) -> nn.Module:
     """``model`` (in place, eval mode) with every ``nn.Linear`` an ``Int8Linear`` (those whose
     input width the kernel cannot take excepted: ``K_MULTIPLE``). A tied output layer gets an
-    int8 copy of its own; the embedding it shared stays full precision."""
+    int8 copy of its own; the embedding it shared stays full precision. ``quantize=False``
+    builds the layers' shapes only, for an int8 checkpoint's tensors to fill."""
     kept = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -116,7 +119,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                 if child.in_features % K_MULTIPLE:
                     kept.append(f"{name} ({child.in_features} inputs)")
                     continue
-                setattr(parent, name, Int8Linear(child))
+                setattr(parent, name, Int8Linear(child, quantize=quantize))
     if kept:
         log.info("int8: kept %s in full precision (the int8 kernel takes multiples of %d inputs)",
                  ", ".join(kept), K_MULTIPLE)

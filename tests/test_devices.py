@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from test_models import stepwise
 from test_service_helpers import make_checkpoints
 
-from lm.config import RNNConfig, TransformerConfig
+from lm.config import ConfigError, RNNConfig, TransformerConfig
 from lm.context import TextContext
 from lm.decoding.generate import generate
 from lm.decoding.params import GenerationParams
+from lm.devices import resolve_device
 from lm.inference import prepare_for_inference
 from lm.models import build_model
 from lm.pipeline import Pipeline
@@ -34,11 +36,12 @@ V = 60
 
 
 def present(name: str) -> bool:
-    if name == "cuda":
-        return torch.cuda.is_available()
-    if name == "mps":
-        return torch.backends.mps.is_available()
-    return name == "cpu"
+    """Whether this machine has device ``name`` (``lm.devices``' own check)."""
+    try:
+        resolve_device(name)
+    except ConfigError:
+        return False
+    return True
 
 
 def devices() -> list[str]:
@@ -54,7 +57,7 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(request.param)
 
 
-def low_precision(device: torch.device) -> list[torch.dtype]:
+def weight_dtypes(device: torch.device) -> list[torch.dtype]:
     """Weight dtypes to test on ``device``: fp32, and bf16 where it computes natively."""
     if device.type == "cuda":
         return [torch.float32, torch.bfloat16] if torch.cuda.is_bf16_supported() else [torch.float32]
@@ -91,11 +94,8 @@ def test_incremental_and_padded_equal_full_on_device(name: str, device: torch.de
     with torch.inference_mode():
         full, _ = model(x, use_cache=False)
         logits, state = model(x[:, :5])
-        parts = [logits]
-        for t in range(5, 12):
-            step, state = model(x[:, t : t + 1], state)
-            parts.append(step)
-        torch.testing.assert_close(torch.cat(parts, 1), full, atol=2e-5, rtol=1e-4)
+        rest, _ = stepwise(model, x[:, 5:], state)
+        torch.testing.assert_close(torch.cat([logits, rest], 1), full, atol=2e-5, rtol=1e-4)
         short = x[1:2, 4:]
         padded = x.clone()
         padded[1, :4] = 0
@@ -117,7 +117,7 @@ def test_decoding_strategies_on_device(name: str, device: torch.device) -> None:
     prompts = ["to be or not", "the quick brown fox jumps", "a"]
     greedy = GenerationParams(max_new_tokens=20, strategy="greedy", stop_at_eos=False)
     cpu = generate(prepare_for_inference(model_on(name, torch.device("cpu"))), tok, prompts, greedy)
-    for dtype in low_precision(device):
+    for dtype in weight_dtypes(device):
         model = prepare_for_inference(model_on(name, device, dtype))
         batched = generate(model, tok, prompts, greedy)
         alone = [generate(model, tok, [p], greedy)[0] for p in prompts]
@@ -172,7 +172,7 @@ def test_training_on_device_lowers_the_loss(family: str, device: torch.device, c
     model = ({"family": "transformer", "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32}
              if family == "transformer" else {"family": "rnn", "cell": "lstm", "n_embd": 16, "n_hidden": 32,
                                               "n_layer": 1, "dropout": 0.0})
-    precision = "bf16" if torch.bfloat16 in low_precision(device) else "fp32"
+    precision = "bf16" if torch.bfloat16 in weight_dtypes(device) else "fp32"
     run = run_config_from_dict({
         "data": {"train": [str(corpus)], "valid_fraction": 0.1},
         "tokenizer": {"kind": "char"},

@@ -47,15 +47,22 @@ def test_causal(model: torch.nn.Module) -> None:
     assert not torch.allclose(a[:, 7:], b[:, 7:])
 
 
+def stepwise(model: torch.nn.Module, tokens: torch.Tensor, state):  # noqa: ANN001, ANN201
+    """``(logits [B, T, V], state)`` of ``tokens`` run one position at a time after ``state``,
+    as decoding runs them."""
+    parts = []
+    for t in range(tokens.shape[1]):
+        step, state = model(tokens[:, t : t + 1], state)
+        parts.append(step)
+    return torch.cat(parts, 1), state
+
+
 def test_incremental_equals_full(model: torch.nn.Module) -> None:
     x = torch.randint(0, V, (2, 20))
     full, _ = model(x, use_cache=False)
     logits, state = model(x[:, :9])
-    parts = [logits]
-    for t in range(9, 20):
-        step, state = model(x[:, t : t + 1], state)
-        parts.append(step)
-    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-4)
+    rest, _ = stepwise(model, x[:, 9:], state)
+    torch.testing.assert_close(torch.cat([logits, rest], 1), full, atol=1e-5, rtol=1e-4)
 
 
 def test_left_padded_batch_equals_each_alone(model: torch.nn.Module) -> None:
@@ -90,13 +97,10 @@ def test_rnn_decode_step_equals_the_sequence_module(cell: str, dtype: torch.dtyp
         sequence_forward = type(model.rnn).forward
         calls = []
         monkeypatch.setattr(type(model.rnn), "forward", lambda *a, **k: calls.append(1) or sequence_forward(*a, **k))
-        parts = [logits]
-        for t in range(4, 15):
-            step, state = model(x[:, t : t + 1], state)
-            parts.append(step)
+        rest, state = stepwise(model, x[:, 4:], state)
     assert not calls, "a one-token decode step went through the sequence module"
     tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.05, rtol=0.05)
-    torch.testing.assert_close(torch.cat(parts, 1).float(), full.float(), **tol)
+    torch.testing.assert_close(torch.cat([logits, rest], 1).float(), full.float(), **tol)
     for got, want in zip(state.as_tuple() if cell == "lstm" else (state.h,),
                          full_state.as_tuple() if cell == "lstm" else (full_state.h,), strict=True):
         assert got.shape == want.shape

@@ -133,14 +133,12 @@ class RNNLM(nn.Module):
         layer at 200 units and one row, where the cell's two products and its gates take 30
         (``bench/decode.py``'s LSTM rows). Same weights and math; the order of float additions
         differs, so values agree to rounding, not bit for bit."""
-        rnn = self.rnn
         cell = _CELLS[self.config.cell]
         lstm = isinstance(hx, tuple)
         h_all, c_all = hx if lstm else (hx, None)
         inp = x[:, 0]
         hs, cs = [], []
-        for layer in range(rnn.num_layers):
-            weights = [getattr(rnn, f"{name}_l{layer}", None) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        for layer, weights in enumerate(self.rnn.all_weights):  # per layer: w_ih, w_hh, b_ih, b_hh
             if lstm:
                 h, c = cell(inp, (h_all[layer], c_all[layer]), *weights)
                 cs.append(c)

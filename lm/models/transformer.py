@@ -66,31 +66,23 @@ class CausalSelfAttention(nn.Module):
         is_causal: bool,
     ) -> Tensor:
         B, T, C = x.shape
+        H, D = self.n_head, self.head_dim
         qkv = self.c_attn(x)
-        gqa = self.n_kv_head != self.n_head
-        rd = 0 if rope is None else rope[0].shape[-1]  # the rotated dimensions (all, or the first of each head)
-        if not gqa and rd == self.head_dim:
-            # q and k rotated together, in the product's own layout: one rotation per layer
-            qkv = qkv.view(B, T, 3, self.n_head, self.head_dim)
-            cos, sin = (t.unsqueeze(-2).unsqueeze(-2) for t in rope)  # over (q|k, heads)
-            q, k = apply_rope(qkv[:, :, :2], cos, sin).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
-            v = qkv[:, :, 2].transpose(1, 2)
+        gqa = self.n_kv_head != H
+        if gqa:
+            q, k, v = (t.view(B, T, -1, D) for t in qkv.split([H * D, self.n_kv_head * D, self.n_kv_head * D], -1))
         else:
-            if gqa:
-                q, k, v = qkv.split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
-                                     self.n_kv_head * self.head_dim], dim=-1)
-                q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-                k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-                v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+            q, k, v = qkv.view(B, T, 3, H, D).unbind(2)  # (B, T, nh, hs) each
+        if rope is not None:
+            cos, sin = (t.unsqueeze(-2) for t in rope)  # over heads
+            rd = cos.shape[-1]  # the rotated dimensions (all, or the first of each head)
+            if not gqa and rd == D:  # q and k side by side in the product: one rotation for both
+                q, k = apply_rope(qkv.view(B, T, 3, H, D)[:, :, :2], cos.unsqueeze(-2), sin.unsqueeze(-2)).unbind(2)
+            elif rd == D:
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             else:
-                q, k, v = qkv.view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
-            if rope is not None:
-                cos, sin = (t.unsqueeze(-3) for t in rope)  # over heads
-                if rd == self.head_dim:
-                    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-                else:
-                    q = torch.cat([apply_rope(q[..., :rd], cos, sin), q[..., rd:]], dim=-1)
-                    k = torch.cat([apply_rope(k[..., :rd], cos, sin), k[..., rd:]], dim=-1)
+                q, k = (torch.cat([apply_rope(t[..., :rd], cos, sin), t[..., rd:]], dim=-1) for t in (q, k))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             start = cache.length
             k_all, v_all = cache.k.select(0, layer), cache.v.select(0, layer)  # (B, nh, capacity, hs)
