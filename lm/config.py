@@ -91,6 +91,18 @@ class TrainConfig:
     max_time: float = 0.0
     """Wall-clock budget in seconds (0 = none); the schedule follows whichever ends first."""
     optimizer: str = "adamw"
+    """``adamw``; ``sgd``; ``muon`` (``torch.optim.Muon`` for the hidden matrices, its update
+    scaled to AdamW's size so one ``lr`` and ``weight_decay`` serve both, with AdamW for
+    embeddings, the head, norms and biases; Jordan et al. 2024); ``asgd`` (SGD, then averaged:
+    see ``asgd_nonmono``)."""
+    muon_momentum: float = 0.95
+    """Muon's (Nesterov) momentum, for ``optimizer = "muon"``."""
+    asgd_nonmono: int = 5
+    """``optimizer = "asgd"``: start averaging the weights (``lm.training.averaging``) once
+    validation has not improved for this many evaluations (NT-ASGD, AWD-LSTM's trigger)."""
+    ema: float = 0.0
+    """Evaluate and save an exponential moving average of the weights with this decay per step
+    (e.g. 0.999; 0 = off); training continues on the raw weights (``lm.training.averaging``)."""
     lr: float = 1e-3
     min_lr: float = 1e-4
     weight_decay: float = 0.1
@@ -129,7 +141,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         names = ("batch_size", "seq_len", "grad_accum", "max_steps", "eval_every", "log_every")
         check_at_least(self, "train", names)
-        check_choice("train.optimizer", self.optimizer, ("adamw", "sgd"))
+        check_choice("train.optimizer", self.optimizer, ("adamw", "sgd", "muon", "asgd"))
+        check(0.0 <= self.ema < 1.0, f"train.ema must be in [0, 1), got {self.ema}")
+        check(not (self.ema and self.optimizer == "asgd"),
+              "train.ema and train.optimizer = 'asgd' both average the weights: choose one")
+        check(not self.fsdp or not (self.ema or self.optimizer == "asgd"),
+              "weight averaging (train.ema, train.optimizer = 'asgd') keeps a whole copy of the model: not with train.fsdp")
+        check(not (self.fsdp and self.optimizer == "muon"),
+              "train.optimizer = 'muon' orthogonalises whole matrices: not with train.fsdp, which shards them")
+        check(self.asgd_nonmono >= 1, f"train.asgd_nonmono must be >= 1, got {self.asgd_nonmono}")
+        check(0.0 <= self.muon_momentum < 1.0, f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         check_choice("train.schedule", self.schedule, ("cosine", "linear", "constant", "plateau"))
         check_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         check_choice("train.on_nan", self.on_nan, ("stop", "skip"))

@@ -46,6 +46,11 @@ class ExportError(ValueError):
 def stock_family(cfg: TransformerConfig) -> str:
     """``gpt2``, ``gpt_neox`` or ``llama``: the stock family with ``cfg``'s math, or
     ``ExportError`` naming the knob none of them has."""
+    ours = [what for bad, what in [(cfg.qk_norm, "model.qk_norm = true"), (cfg.activation == "relu2", "model.activation = relu2"),
+                                   (cfg.logit_softcap > 0, f"model.logit_softcap = {cfg.logit_softcap:g}")] if bad]
+    if ours:
+        raise ExportError(f"no stock transformers family (gpt2, gpt_neox, llama) has {', '.join(ours)}: "
+                          "this model cannot be exported in the transformers format")
     llama_like = cfg.norm == "rmsnorm" or cfg.gated_mlp or cfg.kv_heads != cfg.n_head or cfg.activation == "silu"
     if not llama_like:
         if cfg.pos_emb == "learned" and cfg.parallel_residual:

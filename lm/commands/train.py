@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", metavar="CKPT",
                    help="fine-tune: start from this checkpoint's (or run's best) weights and tokenizer on the "
                         "config's data, with a fresh optimizer and schedule (train.init_from)")
+    p.add_argument("--input", metavar="FILE",
+                   help="with --minutes, no config: train on this text file with the tokenizer, model size and "
+                        "batch chosen for it and the budget from throughput measured here (lm.training.budget)")
+    p.add_argument("--minutes", type=float, metavar="N", help="the budget of --input, in minutes of training")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run exactly where it stopped (model, optimizer, schedule, RNG, data position)")
     p.set_defaults(func=run)
@@ -38,7 +42,20 @@ def run(args: argparse.Namespace) -> int:
     from lm.training.rundir import RUN_CONFIG_FILE
     from lm.training.trainer import TrainingError, load_run_dir_config, train
 
-    if args.resume:
+    if (args.input is None) != (args.minutes is None):
+        raise ConfigError("--input FILE and --minutes N go together: a budgeted run needs both")
+    if args.input is not None and (args.config or args.resume or args.init_from):
+        given = next(f for f, v in (("--config", args.config), ("--resume", args.resume),
+                                    ("--init-from", args.init_from)) if v)
+        raise ConfigError(f"--input/--minutes plan a run without a config; {given} cannot be combined with them")
+    if args.input is not None:
+        from pathlib import Path
+
+        from lm.config import run_config_from_dict
+        from lm.training.budget import plan
+
+        config = run_config_from_dict(apply_overrides(plan(Path(args.input), args.minutes), args.overrides))
+    elif args.resume:
         if args.init_from:
             raise ConfigError("--init-from starts a new run from a checkpoint; --resume continues a run: give one")
         if args.config:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import pydantic
 
 RNN_CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
-ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
+ACTIVATIONS = ("gelu_tanh", "gelu", "silu", "relu2")
 
 
 class ConfigError(ValueError):
@@ -61,15 +61,25 @@ class RNNConfig:
     dropout: float = 0.2
     """Dropout between recurrent layers and on the output (Zaremba et al. 2014)."""
     emb_dropout: float = 0.1
+    """Dropout on the embedding's output, the recurrence's input (AWD-LSTM's ``dropouti``)."""
     tie_weights: bool = True
     """Share the embedding and output matrices (Press & Wolf 2017; Inan et al. 2017)."""
+    locked_dropout: bool = False
+    """The three dropouts above draw one mask per sequence, shared by its time steps, instead of
+    one per token (variational dropout, Gal & Ghahramani 2016; AWD-LSTM's LockedDropout)."""
+    weight_drop: float = 0.0
+    """DropConnect on each layer's hidden-to-hidden matrix while training, one mask per batch
+    (AWD-LSTM's WeightDrop, Merity et al. 2018): regularises the recurrence itself."""
+    word_dropout: float = 0.0
+    """Drop whole words while training: rows of the embedding matrix zeroed for the batch and
+    the rest rescaled (AWD-LSTM's embedding dropout, ``dropoute``)."""
 
     def __post_init__(self) -> None:
         check(self.family == "rnn", f"model.family must be 'rnn' for RNNConfig, got {self.family!r}")
         check_choice("model.cell", self.cell, RNN_CELLS)
         check_at_least(self, "model", ("vocab_size", "n_embd", "n_hidden", "n_layer"))
-        check_fraction("model.dropout", self.dropout)
-        check_fraction("model.emb_dropout", self.emb_dropout)
+        for name in ("dropout", "emb_dropout", "weight_drop", "word_dropout"):
+            check_fraction(f"model.{name}", getattr(self, name))
 
     @property
     def max_context(self) -> int | None:
@@ -101,7 +111,8 @@ class TransformerConfig:
     """Attention and MLP read the same input and add to the residual together (GPT-NeoX, Pythia)."""
     activation: str = "gelu_tanh"
     """The MLP's activation: GELU's tanh approximation (GPT-2), exact GELU (``gelu``: Pythia) or
-    SiLU (``silu``: Llama's SwiGLU, with ``gated_mlp``)."""
+    SiLU (``silu``: Llama's SwiGLU, with ``gated_mlp``) or squared ReLU (``relu2``: So et al.
+    2021, the modded-nanoGPT speedrun's)."""
     gated_mlp: bool = False
     """A gated MLP, ``down(act(gate(x)) * up(x))`` (GLU variants, Shazeer 2020; Llama)."""
     mlp_hidden: int | None = None
@@ -113,6 +124,12 @@ class TransformerConfig:
     n_kv_head: int | None = None
     """Key/value heads, each shared by ``n_head / n_kv_head`` query heads (grouped-query
     attention, Ainslie et al. 2023); unset, one per query head. The KV cache shrinks with it."""
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys (learned gains) before RoPE: bounded attention
+    logits, which tolerate higher learning rates (Dehghani et al. 2023; OLMo 2, Qwen 3)."""
+    logit_softcap: float = 0.0
+    """Squash the output logits to ``(-cap, cap)`` as ``cap * tanh(logits / cap)`` (Gemma 2;
+    the speedruns use 15-30); 0 = off."""
 
     def __post_init__(self) -> None:
         check(self.family == "transformer", f"model.family must be 'transformer', got {self.family!r}")
@@ -137,6 +154,7 @@ class TransformerConfig:
         check(1 <= kv <= self.n_head and self.n_head % kv == 0,
               f"model.n_kv_head ({kv}) must divide model.n_head ({self.n_head})")
         check_fraction("model.dropout", self.dropout)
+        check(self.logit_softcap >= 0, f"model.logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
 
     @property
     def max_context(self) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -20,6 +21,9 @@ from lm.models.state import RNNState
 _CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn_tanh": torch.rnn_tanh_cell,
           "rnn_relu": torch.rnn_relu_cell}
 """ATen's one-step function for each ``RNNConfig.cell`` (the math of ``nn.LSTM`` and kin)."""
+_SEQUENCES = {"lstm": torch.lstm, "gru": torch.gru, "rnn_tanh": torch.rnn_tanh, "rnn_relu": torch.rnn_relu}
+"""ATen's whole-sequence function for each cell (what ``nn.LSTM.forward`` calls), taking the
+weights as arguments: the layer-by-layer path runs it on DropConnect'ed matrices."""
 
 
 class RNNLM(nn.Module):
@@ -29,7 +33,6 @@ class RNNLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.emb_drop = nn.Dropout(cfg.emb_dropout)
         between = cfg.dropout if cfg.n_layer > 1 else 0.0
         if cfg.cell == "lstm":
             self.rnn: nn.RNNBase = nn.LSTM(cfg.n_embd, cfg.n_hidden, cfg.n_layer, dropout=between, batch_first=True)
@@ -39,7 +42,6 @@ class RNNLM(nn.Module):
             nonlinearity = cfg.cell.removeprefix("rnn_")
             self.rnn = nn.RNN(cfg.n_embd, cfg.n_hidden, cfg.n_layer, nonlinearity=nonlinearity,
                               dropout=between, batch_first=True)
-        self.out_drop = nn.Dropout(cfg.dropout)
         self.proj = nn.Linear(cfg.n_hidden, cfg.n_embd, bias=False) if cfg.tie_weights and cfg.n_hidden != cfg.n_embd else None
         self.decoder = nn.Linear(cfg.n_embd if self.proj is not None else cfg.n_hidden, cfg.vocab_size)
         if cfg.tie_weights:
@@ -78,7 +80,7 @@ class RNNLM(nn.Module):
         after its own last real token and equals running that row alone.
         """
         B, T = tokens.shape
-        x = self.emb_drop(self.embedding(tokens))
+        x = self._drop(self._embed(tokens), self.config.emb_dropout)
         device = tokens.device.type
         fp32_recurrence = device == "cpu" and torch.is_autocast_enabled(device)
         if fp32_recurrence:
@@ -96,7 +98,7 @@ class RNNLM(nn.Module):
         # 2-D for the output layer: batch_first LSTM output is a strided view (without dropout to
         # copy it, at eval), and F.linear on a strided 3-D input takes a batched path that copies
         # the whole [V, E] weight for every row -- 8x slower evaluation, measured.
-        y = self.out_drop(out).reshape(B * T, out.shape[-1])
+        y = self._drop(out, self.config.dropout).reshape(B * T, out.shape[-1])
         if self.proj is not None:
             y = self.proj(y)
         if return_hidden:  # what ``output_layer`` takes: scoring applies it in slices (lm.losses)
@@ -107,10 +109,58 @@ class RNNLM(nn.Module):
     def output_layer(self) -> nn.Linear:
         return self.decoder
 
+    # ----------------------------------------------------------------------------- regularisers
+    def _embed(self, tokens: Tensor) -> Tensor:
+        """The embedding lookup; while training with ``word_dropout``, through a matrix whose
+        dropped words' rows are zero (the tied output layer keeps the whole matrix)."""
+        p = self.config.word_dropout
+        if not self.training or p == 0:
+            return self.embedding(tokens)
+        weight = self.embedding.weight
+        keep = torch.empty_like(weight[:, :1]).bernoulli_(1 - p) / (1 - p)
+        return F.embedding(tokens, weight * keep)
+
+    def _drop(self, x: Tensor, p: float) -> Tensor:
+        """Dropout on ``[B, T, features]``: one mask per token, or with ``locked_dropout`` one per
+        sequence for all its time steps."""
+        if not self.training or p == 0:
+            return x
+        if not self.config.locked_dropout:
+            return F.dropout(x, p, training=True)
+        return x * (torch.empty_like(x[:, :1]).bernoulli_(1 - p) / (1 - p))
+
+    def _recur_layers(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor]):  # noqa: ANN202
+        """Training with ``weight_drop`` or ``locked_dropout``, which ``nn.LSTM`` cannot apply:
+        each layer through ATen's sequence function on its own (DropConnect'ed) weights, the
+        dropout between layers drawn here. The same parameters, so checkpoints do not change."""
+        cfg = self.config
+        run = _SEQUENCES[cfg.cell]
+        lstm = isinstance(hx, tuple)
+        hs, cs = [], []
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.rnn.all_weights):
+            if layer:
+                x = self._drop(x, cfg.dropout)
+            if cfg.weight_drop > 0:
+                w_hh = F.dropout(w_hh, cfg.weight_drop, training=True)
+            weights = [w_ih, w_hh, b_ih, b_hh]
+            if lstm:
+                x, h, c = run(x, (hx[0][layer : layer + 1], hx[1][layer : layer + 1]), weights, True, 1, 0.0, True,
+                              False, True)
+                cs.append(c)
+            else:
+                x, h = run(x, hx[layer : layer + 1], weights, True, 1, 0.0, True, False, True)
+            hs.append(h)
+        h_new = torch.cat(hs)
+        return x, ((h_new, torch.cat(cs)) if lstm else h_new)
+
+    # ----------------------------------------------------------------------------- recurrence
     def _recur(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor], pad_mask: Tensor | None):  # noqa: ANN202
         T = x.shape[1]
         if T == 1 and pad_mask is None and not torch.is_grad_enabled() and not self.training:
             return self._step(x, hx)
+        cfg = self.config
+        if self.training and pad_mask is None and (cfg.weight_drop > 0 or cfg.locked_dropout):
+            return self._recur_layers(x, hx)
         if pad_mask is None or bool(pad_mask.all()):
             out, new = self.rnn(x, hx)
         else:

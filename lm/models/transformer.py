@@ -55,6 +55,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -73,10 +75,12 @@ class CausalSelfAttention(nn.Module):
             q, k, v = (t.view(B, T, -1, D) for t in qkv.split([H * D, self.n_kv_head * D, self.n_kv_head * D], -1))
         else:
             q, k, v = qkv.view(B, T, 3, H, D).unbind(2)  # (B, T, nh, hs) each
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = (t.unsqueeze(-2) for t in rope)  # over heads
             rd = cos.shape[-1]  # the rotated dimensions (all, or the first of each head)
-            if not gqa and rd == D:  # q and k side by side in the product: one rotation for both
+            if not gqa and rd == D and self.q_norm is None:  # q and k side by side: one rotation for both
                 q, k = apply_rope(qkv.view(B, T, 3, H, D)[:, :, :2], cos.unsqueeze(-2), sin.unsqueeze(-2)).unbind(2)
             elif rd == D:
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -106,10 +110,17 @@ class CausalSelfAttention(nn.Module):
         return apply_dropout(self.resid_dropout, self.c_proj(y))
 
 
+def relu2(x: Tensor) -> Tensor:
+    """Squared ReLU (So et al. 2021, Primer)."""
+    return F.relu(x).square()
+
+
 def activation(name: str):  # noqa: ANN201 -- Tensor -> Tensor
     """The MLP's activation function by config name."""
     if name == "silu":
         return F.silu
+    if name == "relu2":
+        return relu2
     return functools.partial(F.gelu, approximate="tanh" if name == "gelu_tanh" else "none")  # picklable
 
 
@@ -156,6 +167,31 @@ class Block(nn.Module):
             return x + self.attn(self.ln_1(x), rope, cache, layer, mask, is_causal) + self.mlp(self.ln_2(x))
         x = x + self.attn(self.ln_1(x), rope, cache, layer, mask, is_causal)
         return x + self.mlp(self.ln_2(x))
+
+
+class SoftcappedHead(nn.Module):
+    """The output layer followed by ``logit_softcap``'s squashing: what ``output_layer`` is for
+    a soft-capped model, so scoring in slices (``lm.losses``) applies the same cap."""
+
+    def __init__(self, head: nn.Linear, cap: float) -> None:
+        super().__init__()
+        self.head, self.cap = head, cap
+
+    @property
+    def out_features(self) -> int:
+        return self.head.out_features
+
+    @property
+    def weight(self) -> Tensor:
+        return self.head.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return softcap(self.head(x), self.cap)
+
+
+def softcap(logits: Tensor, cap: float) -> Tensor:
+    """``cap * tanh(logits / cap)``; ``cap`` 0 leaves the logits as they are."""
+    return logits if not cap else cap * torch.tanh(logits / cap)
 
 
 class TransformerLM(nn.Module):
@@ -281,8 +317,9 @@ class TransformerLM(nn.Module):
         return self.wte.weight.dtype
 
     @property
-    def output_layer(self) -> nn.Linear:
-        return self.lm_head
+    def output_layer(self) -> nn.Module:
+        """The layer that turns final hidden states into logits (with the soft cap, if any)."""
+        return SoftcappedHead(self.lm_head, self.config.logit_softcap) if self.config.logit_softcap else self.lm_head
 
     def _run(self, tokens: Tensor, pos: Tensor, bound: int, cache: KVCache | None, mask: Tensor | None,
              is_causal: bool, return_hidden: bool = False) -> Tensor:
@@ -296,4 +333,4 @@ class TransformerLM(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask, is_causal)
         x = self.ln_f(x)
-        return x if return_hidden else self.lm_head(x)
+        return x if return_hidden else softcap(self.lm_head(x), self.config.logit_softcap)

@@ -32,7 +32,7 @@ from tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-FREE_MODEL_KEYS = ("dropout", "emb_dropout")
+FREE_MODEL_KEYS = ("dropout", "emb_dropout", "locked_dropout", "weight_drop", "word_dropout")
 """``[model]`` keys a fine-tuning run may change: they regularise training and are not weights."""
 
 

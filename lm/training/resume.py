@@ -111,6 +111,8 @@ def restore_optimizer(
     for group, mine in zip(saved["param_groups"], optimizer.param_groups, strict=True):
         # the kernel choice is this run's (sharded parameters cannot use fused), before loading
         group.update({k: mine[k] for k in ("fused", "foreach") if k in mine})
+    if not any(isinstance(v, torch.Tensor) for per in saved["state"].values() for v in per.values()):
+        return  # a stateless optimizer (SGD without momentum) has nothing to restore; torch's loader would refuse
     if all(isinstance(i, int) for g in saved["param_groups"] for i in g["params"]):
         # written before optimizer states were keyed by parameter name
         if sharded:

@@ -35,12 +35,8 @@ from lm.losses import mean_nll
 from lm.models import RNNLM, RNNState, build_model
 from lm.threads import ThreadGovernor
 from lm.training import finetune
-from lm.training.data import (
-    load_splits,
-    make_batches,
-    prepare_tokenizer,
-    resolve_corpus,
-)
+from lm.training.averaging import WeightAverage
+from lm.training.data import load_splits, make_batches, prepare_tokenizer, resolve_corpus
 from lm.training.distributed import (
     DistInfo,
     agree,
@@ -142,6 +138,7 @@ class Trainer:
         self.sharded, self.train_model = wrap_for_training(self.model, self.cfg.fsdp, self.precision,
                                                            self.dist, self.device)
         self.optimizer = build_optimizer(self.model, self.cfg, fused=not self.sharded)
+        self.average = WeightAverage(self.model, self.cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         if self.cfg.compile:
             self.train_model = torch.compile(self.train_model)
@@ -236,15 +233,17 @@ class Trainer:
             return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.average.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
         self.progress.tokens_seen += cfg.batch_size * x.shape[1]
         return loss_value
 
     # ----------------------------------------------------------------------------- evaluation
-    def evaluate(self, tokens: np.ndarray, max_batches: int = 0) -> float:
-        """Mean NLL per token over ``tokens`` (state carried for RNNs)."""
-        return mean_loss(self.model, tokens, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
+    def evaluate(self, tokens: np.ndarray, max_batches: int = 0, model: torch.nn.Module | None = None) -> float:
+        """Mean NLL per token over ``tokens`` (state carried for RNNs) of ``model``, by default
+        the evaluated weights (the average, when ``lm.training.averaging`` keeps one)."""
+        return mean_loss(model or self.average.model_for_eval(), tokens, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
                          device=self.device, autocast=self._autocast, carry_state=self.is_rnn,
                          max_batches=max_batches, progress=self.dist.is_main and self.cfg.progress)
 
@@ -273,6 +272,8 @@ class Trainer:
         }
         if rnn is not None:
             trainer_state["rnn_state"] = rnn
+        if (average := self.average.to_state()) is not None:
+            trainer_state["average"] = average
         return self.checkpoints.write_step(self.progress.step, training=self._training_meta(), weights=weights,
                                            trainer_state=trainer_state)
 
@@ -287,6 +288,7 @@ class Trainer:
                                                  max_steps=self.cfg.max_steps)
         if "rnn_state" in st:
             self.rnn_state = rank_rnn_state(st["rnn_state"], self.cfg.batch_size, self.dist, self.device)
+        self.average.load_state(st.get("average"))
         log.info("resumed %s at step %d", directory, self.progress.step)
 
     # ----------------------------------------------------------------------------- the loop
@@ -347,7 +349,7 @@ class Trainer:
             has_best = best_dir.is_dir()
             if agree(self.dist, self.device, float(has_best)) if self.sharded else has_best:
                 load_weights(self.model, self.model_config, best_dir, sharded=self.sharded)
-            test_loss = self.evaluate(self.test_tokens)
+            test_loss = self.evaluate(self.test_tokens, model=self.model)
             record({"step": self.progress.step, "test_loss": round(test_loss, 5), "test_ppl": round(math.exp(test_loss), 3)})
         if metrics is not None:
             metrics.close()
@@ -365,7 +367,7 @@ class Trainer:
         if improved:
             self.progress.best_val = val
             self.progress.evals_since_best = 0
-            weights = full_model_state(self.model) if self.sharded else None
+            weights = full_model_state(self.model) if self.sharded else self.average.weights()
             if self.dist.is_main:
                 self.checkpoints.write("best", self.progress.step, training=self._training_meta(), weights=weights)
         else:
@@ -376,8 +378,10 @@ class Trainer:
                "best_val_loss": round(self.progress.best_val, 5), "eval_s": round(time.perf_counter() - t0, 2)}
         log.info("step %d: val loss %.4f (ppl %.2f)%s", self.progress.step, val, math.exp(min(val, 50)), " *" if improved else "")
         if self.cfg.samples and self.dist.is_main and not self.sharded:  # a sharded model decodes only collectively
-            rec |= write_samples(self.model, self.tokenizer, self.context, self.example.prompt, self.device)
+            rec |= write_samples(self.average.model_for_eval(), self.tokenizer, self.context, self.example.prompt, self.device)
             log.info("step %d sample: %r", self.progress.step, rec.get("sample_prompt", "") + rec.get("sample", ""))
+        if self.average.after_eval(self.progress.evals_since_best):
+            log.info("step %d: averaging the weights from here on (train.optimizer = asgd)", self.progress.step)
         record(rec)
         return bool(self.cfg.patience and self.progress.evals_since_best >= self.cfg.patience)
 
