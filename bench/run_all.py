@@ -34,6 +34,7 @@ def benchmarks(quick: bool, soak: bool) -> list[tuple[str, list[str]]]:
                    "--quality-steps", "0" if quick else "400"]),
         ("quality", [py, "bench/quality.py"]),
         ("recipes", [py, "bench/recipes.py", "--scale", "0.4" if quick else "1"]),
+        ("budget", [py, "bench/budget.py", "--minutes", "2" if quick else "20"]),
         ("linear", [py, "bench/linear.py", "--repeats", "10" if quick else "20"]),
         ("decode", [py, "bench/decode.py", "--repeats", "1" if quick else "2", "--new-tokens", "128" if quick else "256"]),
         ("decode_context", [py, "bench/decode.py", "--context", "--repeats", "2" if quick else "3",

@@ -218,6 +218,7 @@ def test_asgd_starts_averaging_when_validation_stalls(small_corpus: Path, tmp_pa
 @pytest.mark.parametrize(("train_kw", "message"), [
     ({"ema": 0.99, "optimizer": "asgd"}, "both average the weights"),
     ({"ema": 0.99, "fsdp": True}, "not with train.fsdp"),
+    ({"optimizer": "muon", "fsdp": True}, "orthogonalises whole matrices: not with train.fsdp"),
     ({"ema": 1.0}, r"train.ema must be in \[0, 1\)"),
     ({"optimizer": "lion"}, "train.optimizer must be one of adamw, sgd, muon, asgd"),
     ({"asgd_nonmono": 0}, "train.asgd_nonmono must be >= 1"),

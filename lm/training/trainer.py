@@ -243,9 +243,10 @@ class Trainer:
     def evaluate(self, tokens: np.ndarray, max_batches: int = 0, model: torch.nn.Module | None = None) -> float:
         """Mean NLL per token over ``tokens`` (state carried for RNNs) of ``model``, by default
         the evaluated weights (the average, when ``lm.training.averaging`` keeps one)."""
-        return mean_loss(model or self.average.model_for_eval(), tokens, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len,
-                         device=self.device, autocast=self._autocast, carry_state=self.is_rnn,
-                         max_batches=max_batches, progress=self.dist.is_main and self.cfg.progress)
+        model = self.average.model_for_eval() if model is None else model
+        return mean_loss(model, tokens, batch_size=self.cfg.batch_size, seq_len=self.cfg.seq_len, device=self.device,
+                         autocast=self._autocast, carry_state=self.is_rnn, max_batches=max_batches,
+                         progress=self.dist.is_main and self.cfg.progress)
 
     # ----------------------------------------------------------------------------- checkpoints
     def _training_meta(self) -> dict[str, Any]:
