@@ -9,7 +9,8 @@ The schedule (warmup, then cosine or plateau) follows the wall clock (``train.ma
 learning rate has decayed when the budget ends. Settings measured on the Intel Xeon (AMX) machine,
 one run each, 2026-12-03: char batch 12 / 24 / 32 / 48 -> 1.686 / 1.669 / 1.654 / 1.690 (lr 6e-3
 at batch 12: 1.751); PTB lr 20 / 30 / 40 / 50 -> 128.9 / 126.5 / 122.5 / 135.4 (1x384: 144.8;
-batch 8: 129.1).
+batch 8: 129.1). The char row trains with Muon since bench/recipes.py measured it: 1.552 against
+AdamW's 1.635 at the same 75 s.
 
     python bench/quality.py [--only char|ptb] [--threads N]
 """
