@@ -136,22 +136,17 @@ class RNNLM(nn.Module):
         cfg = self.config
         run = _SEQUENCES[cfg.cell]
         lstm = isinstance(hx, tuple)
-        hs, cs = [], []
+        hs = []
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.rnn.all_weights):
             if layer:
                 x = self._drop(x, cfg.dropout)
             if cfg.weight_drop > 0:
                 w_hh = F.dropout(w_hh, cfg.weight_drop, training=True)
-            weights = [w_ih, w_hh, b_ih, b_hh]
-            if lstm:
-                x, h, c = run(x, (hx[0][layer : layer + 1], hx[1][layer : layer + 1]), weights, True, 1, 0.0, True,
-                              False, True)
-                cs.append(c)
-            else:
-                x, h = run(x, hx[layer : layer + 1], weights, True, 1, 0.0, True, False, True)
-            hs.append(h)
-        h_new = torch.cat(hs)
-        return x, ((h_new, torch.cat(cs)) if lstm else h_new)
+            state = tuple(t[layer : layer + 1] for t in hx) if lstm else hx[layer : layer + 1]
+            x, *new = run(x, state, [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, True, False, True)  # (out, h[, c])
+            hs.append(new)
+        final = [torch.cat(parts) for parts in zip(*hs, strict=True)]
+        return x, (tuple(final) if lstm else final[0])
 
     # ----------------------------------------------------------------------------- recurrence
     def _recur(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor], pad_mask: Tensor | None):  # noqa: ANN202
